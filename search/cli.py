@@ -1,0 +1,103 @@
+"""``hematune`` command line: the Makefile's targets call this.
+
+Every user error (bad data, bad setting, unreachable storage…) ends as one
+line on stderr and exit status 2, never a traceback; Ctrl-C ends with 130
+after the running trial has been recorded as failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from search.environment import quiet_backend_logs
+
+
+def _positive_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hematune", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    search = commands.add_parser("search", help="run (or resume) a hyperparameter search",
+                                 description="Run or resume an Optuna study on a folder-per-class image set.")
+    search.add_argument("--model", default="cnn", help="family: cnn, efficientnet, mobilenet, resnet, vgg or all")
+    search.add_argument("--data", required=True, help="DATA folder: ROOT/TRAIN/<class>/ + ROOT/TEST/<class>/, or ROOT/<class>/")
+    search.add_argument("--study", help="study name (default: <model>-<data folder name>)")
+    search.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///studies/hematune.db)")
+    search.add_argument("--studies-dir", default="studies", type=Path, help="where the default database, split "
+                        "manifests and trial models live (default: studies)")
+    search.add_argument("--trials", type=_positive_int, default=20, help="finished trials the study should have (default 20)")
+    search.add_argument("--timeout", type=_number, help="wall-clock budget of the study's trials, seconds")
+    search.add_argument("--max-epochs", type=_positive_int, help="epoch cap per trial (default: the space file's)")
+    search.add_argument("--groups", default="auto", help="grouping rule: auto, filename, filename:<regex>, "
+                        "csv:<file>, none (default auto)")
+    search.add_argument("--val-fraction", type=_number, default=0.2, help="share of TRAIN groups used for validation")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--pruner", default="hyperband", help="hyperband (default), median or none")
+    search.add_argument("--weights", help="imagenet (backbone default), none, or a weights file path")
+    search.add_argument("--space", help="a search-space YAML file instead of studies/spaces/<model>.yaml")
+    search.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
+                        help="pin a parameter of the space (repeatable), e.g. --fix version=v1")
+    search.add_argument("--keep-top", type=_positive_int, default=3, help="trials that keep a model file (default 3)")
+    return parser
+
+
+def cmd_search(args) -> int:
+    from search.runner import SearchConfig, run_search
+    from search.space import parse_fixed
+
+    fixed = parse_fixed([item for chunk in args.fix for item in chunk.split()])
+    config = SearchConfig(
+        data=args.data, model=args.model, study=args.study, storage=args.storage, studies_dir=args.studies_dir,
+        trials=args.trials, timeout=args.timeout, max_epochs=args.max_epochs, groups=args.groups,
+        val_fraction=args.val_fraction, seed=args.seed, pruner=args.pruner, weights=args.weights,
+        space_file=args.space, fixed=fixed, keep_top=args.keep_top,
+    )
+    outcome = run_search(config)
+    study = outcome.study
+    from search.progress import TerminalReporter
+    from search.summary import print_summary
+
+    print_summary(study, Path(args.studies_dir), TerminalReporter(study).console)
+    if outcome.stopped_by_failures:
+        print(f"hematune: error: stopped after {config.max_consecutive_failures} failed trials in a row; "
+              f"last: {outcome.stopped_by_failures}", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {"search": cmd_search}
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_backend_logs()
+    args = build_parser().parse_args(argv)
+    from search.errors import USER_ERRORS
+
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as exc:
+        print(f"hematune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hematune: interrupted: the running trial was recorded as failed; "
+              "re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

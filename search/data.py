@@ -1,0 +1,93 @@
+"""The search's view of the data: TRAIN indexed, split by group, decoded on demand.
+
+TEST is never listed nor read here: only its class folder names are compared
+with TRAIN's, so a missing TEST class is caught before hours of searching.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from data_pipeline import DataError
+from data_pipeline.cache import load_or_decode
+from data_pipeline.ingest import DataIndex, fingerprint, scan
+from data_pipeline.split import Split, make_split
+
+
+@dataclass
+class SearchData:
+    index: DataIndex
+    split: Split
+    fingerprint: str
+    cache_dir: Path | None = None
+    on_decode: Callable[[int, int], None] | None = None
+    on_problems: Callable[[dict[str, str]], None] | None = None
+    problems: dict[str, str] = field(default_factory=dict)
+    _arrays: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.index.classes
+
+    def manifest(self) -> dict:
+        return self.split.manifest(self.index.root)
+
+    def arrays(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(x_train, y_train, x_val, y_val) at ``size``×``size``, uint8, decoded once and cached."""
+        if size not in self._arrays:
+            parts = []
+            for part in (self.split.train, self.split.val):
+                decoded = load_or_decode(part, size, self.cache_dir, progress=self.on_decode)
+                new = {k: v for k, v in decoded.problems.items() if k not in self.problems}
+                if new and self.on_problems:
+                    self.on_problems(new)
+                self.problems.update(new)
+                parts.extend(decoded.usable_arrays())
+            for name, labels in (("train", parts[1]), ("validation", parts[3])):
+                missing = sorted(set(range(len(self.classes))) - set(np.unique(labels).tolist()))
+                if missing:
+                    names = ", ".join(self.classes[i] for i in missing)
+                    raise DataError(f"{self.index.root}: no readable {name} images left for class {names}; "
+                                    "see the skipped files above")
+            self._arrays[size] = tuple(parts)
+        return self._arrays[size]
+
+    def summary(self) -> dict:
+        """What the study records about its data."""
+        counts = lambda images: {c: int(sum(1 for l in images.labels if l == i)) for i, c in enumerate(self.classes)}
+        return {
+            "data_root": str(self.index.root),
+            "layout": self.index.layout,
+            "classes": list(self.classes),
+            "data_fingerprint": self.fingerprint,
+            "split_rule": self.split.rule,
+            "split_seed": self.split.seed,
+            "val_fraction": self.split.val_fraction,
+            "train_counts": counts(self.split.train),
+            "val_counts": counts(self.split.val),
+            "test_counts": counts(self.split.test) if self.split.test is not None else None,
+            "skipped_non_images": len(self.index.skipped),
+        }
+
+
+def prepare(data_root: str | os.PathLike, *, groups: str = "auto", val_fraction: float = 0.2,
+            seed: int = 0, cache_dir: Path | None = None) -> SearchData:
+    """Index DATA (TEST names only), fingerprint the training pool and split it by group."""
+    index = scan(data_root, read_test=False)
+    split = make_split(index, groups, val_fraction=val_fraction, seed=seed)
+    return SearchData(index, split, fingerprint(index.train, index.root), cache_dir)
+
+
+def write_manifest(data: SearchData, path: Path) -> dict:
+    """Record the split (which file went where, by which rule) beside the study; atomic."""
+    manifest = data.manifest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path)
+    return manifest

@@ -1,0 +1,10 @@
+"""Errors the CLI turns into one line and a non-zero exit, without a traceback."""
+from data_pipeline.errors import DataError
+from models.common import ModelConfigError
+
+
+class SearchConfigError(ValueError):
+    """A search setting that cannot work (budget, storage, study, space…)."""
+
+
+USER_ERRORS = (DataError, ModelConfigError, SearchConfigError)

@@ -1,0 +1,150 @@
+"""Train one trial: suggest → build → fit with per-epoch reporting → score at best epoch.
+
+The score is the best epoch's group-validation accuracy and the model kept is
+that epoch's weights. Pretrained backbones are fine-tuned in two phases: the
+new head alone (backbone frozen) for ``warmup_epochs``, then the top
+``unfreeze_fraction`` of the backbone too, at ``learning_rate *
+finetune_lr_mult``. Everything a person needs to judge the trial later is
+stored on it as user attributes.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import optuna
+
+from models.common import unfreeze_top
+from models.registry import build_model
+from search import artifacts
+from search.callbacks import EpochReporter
+from search.data import SearchData
+from search.environment import device_description, package_versions
+from search.space import SearchSpace
+
+
+class TrialFailed(RuntimeError):
+    """A trial that cannot produce a model (NaN loss…); recorded as FAIL with this reason."""
+
+
+@dataclass
+class SearchContext:
+    """Everything a trial needs that is the same for the whole run."""
+
+    data: SearchData
+    space: SearchSpace
+    studies_dir: Path
+    weights: str | None = None  # None: the family default (imagenet for backbones)
+    max_epochs: int | None = None  # MAX_EPOCHS= overrides the space's max_epochs
+    seed: int = 0
+    keep_top: int = 3
+    deadline: float | None = None  # time.time() after which trials stop at the end of an epoch
+    reporter: object | None = None  # search.progress.TerminalReporter or None
+
+
+def _phases(params: dict, built, max_epochs: int) -> list[tuple[int, int, float, float | None]]:
+    """(first epoch, end epoch, learning rate, unfreeze fraction) per training phase."""
+    lr = float(params["learning_rate"])
+    fraction = float(params.get("unfreeze_fraction", 0.0))
+    if built.backbone is None or fraction <= 0:
+        return [(0, max_epochs, lr, None)]
+    warmup = min(int(params.get("warmup_epochs", 1)), max_epochs)
+    return [(0, warmup, lr, None), (warmup, max_epochs, lr * float(params.get("finetune_lr_mult", 0.1)), fraction)]
+
+
+def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
+    started = time.monotonic()
+    family, params = ctx.space.suggest(trial)
+    max_epochs = int(ctx.max_epochs or params.get("max_epochs", 10))
+    image_size = int(params["image_size"])
+    seed = ctx.seed * 100_003 + trial.number
+    keras.utils.set_random_seed(seed)
+    num_classes = len(ctx.data.classes)
+
+    trial.set_user_attr("family", family)
+    trial.set_user_attr("seed", seed)
+    trial.set_user_attr("max_epochs", max_epochs)
+    trial.set_user_attr("backend", keras.backend.backend())
+    trial.set_user_attr("device", device_description())
+    trial.set_user_attr("data_fingerprint", ctx.data.fingerprint)
+    trial.set_user_attr("split_rule", ctx.data.split.rule)
+    trial.set_user_attr("versions", package_versions())
+
+    x_train, y_train, x_val, y_val = ctx.data.arrays(image_size)
+    built = build_model(family, params, num_classes=num_classes, image_size=image_size, weights=ctx.weights, seed=seed)
+    model = built.model
+    trial.set_user_attr("weights_origin", built.weights_origin)
+    trial.set_user_attr("param_count", int(model.count_params()))
+    if ctx.reporter:
+        ctx.reporter.trial_started(trial, family, params, max_epochs)
+
+    y_train_1h = keras.utils.to_categorical(y_train, num_classes)
+    y_val_1h = keras.utils.to_categorical(y_val, num_classes)
+    batch_size = int(params.get("batch_size", 32))
+    reporter = EpochReporter(trial, deadline=ctx.deadline,
+                             on_epoch=ctx.reporter.epoch_ended if ctx.reporter else None)
+    callbacks = [reporter] + (ctx.reporter.batch_callbacks(len(x_train), batch_size) if ctx.reporter else [])
+    for first, end, lr, fraction in _phases(params, built, max_epochs):
+        if first >= end:
+            continue
+        if fraction is not None:
+            trial.set_user_attr("unfrozen_layers", unfreeze_top(built.backbone, fraction))
+        model.compile(
+            optimizer=keras.optimizers.AdamW(learning_rate=lr, weight_decay=float(params.get("weight_decay", 1e-4))),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(params.get("label_smoothing", 0.0))),
+            metrics=["accuracy"],
+        )
+        model.fit(x_train, y_train_1h, batch_size=batch_size, epochs=end, initial_epoch=first,
+                  validation_data=(x_val, y_val_1h), validation_batch_size=max(batch_size, 128),
+                  callbacks=callbacks, shuffle=True, verbose=0)
+        if reporter.stop_reason:
+            break
+
+    history = reporter.history
+    trial.set_user_attr("val_accuracy_per_epoch", [round(h["val_accuracy"], 5) for h in history])
+    trial.set_user_attr("val_loss_per_epoch", [round(h["val_loss"], 5) for h in history])
+    trial.set_user_attr("epochs_trained", len(history))
+    trial.set_user_attr("wall_seconds", round(time.monotonic() - started, 2))
+    if reporter.best_epoch is not None:
+        best = history[[h["epoch"] for h in history].index(reporter.best_epoch)]
+        trial.set_user_attr("best_epoch", reporter.best_epoch)
+        trial.set_user_attr("best_val_accuracy", round(best["val_accuracy"], 5))
+        trial.set_user_attr("best_val_loss", round(best["val_loss"], 5))
+
+    if reporter.stop_reason == "nan":
+        raise TrialFailed(f"loss became NaN at epoch {len(history)} (learning rate {params['learning_rate']:.2g} too high?)")
+    if reporter.stop_reason == "pruned":
+        reason = f"pruned at epoch {len(history)}: val_accuracy {history[-1]['val_accuracy']:.3f} behind other trials"
+        trial.set_user_attr("prune_reason", reason)
+        raise optuna.TrialPruned(reason)
+    if reporter.stop_reason == "deadline":
+        trial.set_user_attr("stopped_by", f"TIMEOUT budget reached after epoch {len(history)}")
+    if not math.isfinite(reporter.best_value):
+        raise TrialFailed("no epoch finished with a finite loss")
+
+    reporter.restore_best()
+    saved = artifacts.save_if_top(trial.study, ctx.studies_dir, trial.number, reporter.best_value, model, ctx.keep_top)
+    trial.set_user_attr("model_saved", saved is not None)
+    return reporter.best_value
+
+
+def objective(ctx: SearchContext):
+    """The Optuna objective: records why a trial failed before Optuna marks it FAIL."""
+    def _objective(trial: optuna.Trial) -> float:
+        try:
+            return run_trial(trial, ctx)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+            trial.set_user_attr("fail_reason", reason)
+            if ctx.reporter:
+                ctx.reporter.trial_failed(trial, reason)
+            raise
+        finally:
+            keras.backend.clear_session()  # free the graph between trials
+    return _objective

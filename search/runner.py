@@ -1,0 +1,234 @@
+"""The study runner: storage, sampler, pruner, budget, resume.
+
+Re-running the same command resumes the study: completed trials are kept and
+the budget continues — TRIALS counts finished (complete or pruned) trials of
+the study, TIMEOUT counts the wall time its trials have already taken. A study
+remembers its data fingerprint and search space; resuming it on other data or
+with another space is refused rather than silently mixing the two.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from search.data import SearchData, prepare, write_manifest
+from search.errors import SearchConfigError
+from search.objective import SearchContext, objective
+from search.progress import TerminalReporter
+from search.space import SearchSpace, load_space
+
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+PRUNERS = ("hyperband", "median", "none")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_S, GRACE_S = 20, 90
+
+
+@dataclass
+class SearchConfig:
+    data: str
+    model: str = "cnn"
+    study: str | None = None
+    storage: str | None = None
+    studies_dir: Path = Path("studies")
+    trials: int = 20
+    timeout: float | None = None
+    max_epochs: int | None = None
+    groups: str = "auto"
+    val_fraction: float = 0.2
+    seed: int = 0
+    pruner: str = "hyperband"
+    weights: str | None = None
+    space_file: str | None = None
+    fixed: dict = field(default_factory=dict)
+    keep_top: int = 3
+    max_consecutive_failures: int = 3
+
+    def study_name(self) -> str:
+        if self.study:
+            return self.study
+        return re.sub(r"[^A-Za-z0-9._-]", "-", f"{self.model}-{Path(self.data).expanduser().resolve().name}")
+
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.studies_dir) / 'hematune.db'}"
+
+
+def check_config(config: SearchConfig) -> None:
+    """Refuse impossible settings before anything is read or written."""
+    for name, value in (("TRIALS", config.trials), ("MAX_EPOCHS", config.max_epochs), ("TIMEOUT", config.timeout),
+                        ("KEEP_TOP", config.keep_top)):
+        if value is not None and value <= 0:
+            raise SearchConfigError(f"{name}={value}: must be a positive number")
+    if not STUDY_NAME.match(config.study_name()):
+        raise SearchConfigError(f"STUDY={config.study_name()}: use letters, digits, '.', '_' or '-' only "
+                                "(no '/' or spaces), at most 100 characters")
+    if config.pruner not in PRUNERS:
+        raise SearchConfigError(f"PRUNER={config.pruner}: choose one of {', '.join(PRUNERS)}")
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An RDB storage with trial heartbeats: a worker that dies leaves its trial
+    failed after the grace period, and the trial's parameters are retried once."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise SearchConfigError(f"STORAGE={url}: not a database URL; e.g. sqlite:///studies/hematune.db "
+                                "or postgresql://user:pass@host/db") from None
+    engine_kwargs = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            folder = Path(parsed.database).expanduser().resolve().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SearchConfigError(f"STORAGE={url}: cannot create {folder} ({exc.strerror})") from None
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SearchConfigError(f"STORAGE={url}: cannot open the study database ({reason[:200]})") from None
+
+
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def _max_epochs(config: SearchConfig, space: SearchSpace) -> int:
+    if config.max_epochs:
+        return config.max_epochs
+    caps = [int(f["training"].get("max_epochs", 10)) for f in space.families.values()]
+    return max(caps)
+
+
+def _check_resume(study: optuna.Study, data: SearchData, space: SearchSpace) -> None:
+    attrs = study.user_attrs
+    if not attrs.get("space_fingerprint"):
+        return
+    if attrs["data_fingerprint"] != data.fingerprint:
+        raise SearchConfigError(
+            f"STUDY={study.study_name}: was created on other data (fingerprint {attrs['data_fingerprint']} ≠ "
+            f"{data.fingerprint}); use a new STUDY name for this data")
+    if attrs["space_fingerprint"] != space.fingerprint:
+        raise SearchConfigError(
+            f"STUDY={study.study_name}: was created with a different search space (MODEL, SPACE or FIX changed); "
+            "use a new STUDY name or restore the old space")
+    if attrs.get("split_rule") != data.split.rule:
+        raise SearchConfigError(f"STUDY={study.study_name}: was created with GROUPS rule {attrs.get('split_rule')}; "
+                                "use the same GROUPS or a new STUDY name")
+
+
+def open_study(config: SearchConfig, storage: RDBStorage, data: SearchData, space: SearchSpace,
+               max_epochs: int) -> optuna.Study:
+    sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=config.seed,
+                                         n_startup_trials=5, constant_liar=True)
+    study = optuna.create_study(study_name=config.study_name(), storage=storage, direction="maximize",
+                                sampler=sampler, pruner=make_pruner(config.pruner, max_epochs), load_if_exists=True)
+    _check_resume(study, data, space)
+    if not study.user_attrs.get("space_fingerprint"):
+        manifest_path = Path(config.studies_dir) / "splits" / f"{study.study_name}.json"
+        manifest = write_manifest(data, manifest_path)
+        for key, value in {
+            **data.summary(),
+            "model": config.model,
+            "space": space.as_dict(),
+            "space_fingerprint": space.fingerprint,
+            "split_hash": manifest["hash"],
+            "split_manifest": str(manifest_path),
+            "pruner": config.pruner,
+            "seed": config.seed,
+            "weights_policy": config.weights or "family default (imagenet for backbones)",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }.items():
+            study.set_user_attr(key, value)
+    return study
+
+
+def spent_seconds(study: optuna.Study) -> float:
+    """Wall time the study's finished trials took (the TIMEOUT budget already used)."""
+    return sum(t.duration.total_seconds() for t in study.get_trials(deepcopy=False) if t.duration is not None)
+
+
+def count(study: optuna.Study, *states: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+class _StopAfterFailures:
+    """Stop the run when several trials in a row fail: the cause is the setup, not bad luck."""
+
+    def __init__(self, limit: int):
+        self.limit, self.streak, self.last_reason = limit, 0, ""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL:
+            self.streak += 1
+            self.last_reason = trial.user_attrs.get("fail_reason", "")
+            if self.streak >= self.limit:
+                study.stop()
+        else:
+            self.streak = 0
+
+
+@dataclass
+class SearchOutcome:
+    study: optuna.Study
+    stopped_by_failures: str | None = None
+
+
+def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, console=None) -> SearchOutcome:
+    check_config(config)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    space = load_space(config.model, space_file=config.space_file, fixed=config.fixed)
+    data = prepare(config.data, groups=config.groups, val_fraction=config.val_fraction, seed=config.seed)
+    max_epochs = _max_epochs(config, space)
+    storage = open_storage(config.storage_url())
+    study = open_study(config, storage, data, space, max_epochs)
+    reporter = reporter or TerminalReporter(study, console)
+    reporter.study = study
+    data.on_problems = lambda problems: reporter.line(
+        f"[yellow]skipped {len(problems)} unusable image(s)[/yellow] (kept out of training): " + "; ".join(
+            f"{path}: {why}" for path, why in list(problems.items())[:10]) + (" …" if len(problems) > 10 else ""))
+
+    done = count(study, *FINISHED)
+    remaining_trials = config.trials - done
+    remaining_time = None if config.timeout is None else config.timeout - spent_seconds(study)
+    reporter.line(
+        f"[bold]study {study.study_name}[/bold] · {config.storage_url()} · {done} finished trial(s) so far\n"
+        f"data {data.index.root} · {len(data.classes)} classes · train {len(data.split.train)} / "
+        f"validation {len(data.split.val)} images · split {data.split.rule} · fingerprint {data.fingerprint}"
+    )
+    if remaining_trials <= 0:
+        reporter.line(f"the study already has {done} finished trials (TRIALS={config.trials}); raise TRIALS to search more")
+        return SearchOutcome(study)
+    if remaining_time is not None and remaining_time <= 0:
+        reporter.line(f"the study's TIMEOUT={config.timeout:.0f}s budget is spent; raise TIMEOUT to search more")
+        return SearchOutcome(study)
+
+    ctx = SearchContext(
+        data=data, space=space, studies_dir=Path(config.studies_dir), weights=config.weights,
+        max_epochs=config.max_epochs, seed=config.seed, keep_top=config.keep_top,
+        deadline=None if remaining_time is None else time.time() + remaining_time, reporter=reporter,
+    )
+    failures = _StopAfterFailures(config.max_consecutive_failures)
+    study.optimize(
+        objective(ctx), n_trials=None, timeout=remaining_time, catch=(Exception,), gc_after_trial=True,
+        callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=FINISHED), reporter.trial_finished, failures],
+    )
+    if data.problems:
+        study.set_user_attr("skipped_images", dict(list(data.problems.items())[:200]))
+    stopped = failures.last_reason if failures.streak >= failures.limit else None
+    return SearchOutcome(study, stopped)

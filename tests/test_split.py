@@ -1,0 +1,95 @@
+"""Group-aware splitting: augmented copies of one source never straddle a split."""
+import numpy as np
+import pytest
+
+from data_pipeline import DataError
+from data_pipeline.ingest import scan
+from data_pipeline.split import make_split, resolve_groups
+from tests.conftest import REFERENCE
+
+
+def _groups(images, classes):
+    return {f"{classes[l]}/{p.name.split('_')[1]}" for p, l in zip(images.files, images.labels)}
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference data not present")
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_reference_validation_split_never_shares_a_source_group(seed):
+    index = scan(REFERENCE, read_test=False)
+    split = make_split(index, "auto", seed=seed)
+    assert split.rule.startswith("filename:")
+    train_groups, val_groups = _groups(split.train, index.classes), _groups(split.val, index.classes)
+    assert train_groups and val_groups and not train_groups & val_groups
+    assert len(split.train) + len(split.val) == len(index.train)
+    # every class is validated, and roughly a fifth of the images are held out
+    assert set(split.val.labels) == set(range(len(index.classes)))
+    assert 0.1 < len(split.val) / len(index.train) < 0.3
+
+
+def test_same_group_index_in_two_classes_is_two_groups(make_dataset):
+    index = scan(make_dataset(classes=2, groups=5))
+    rule = resolve_groups("filename", index, index.train)
+    assert len(set(rule.groups)) == 10
+
+
+def test_split_is_seeded(make_dataset):
+    index = scan(make_dataset(groups=6))
+    a, b = make_split(index, seed=3), make_split(index, seed=3)
+    assert a.val.files == b.val.files
+    assert any(make_split(index, seed=s).val.files != a.val.files for s in range(4, 10))
+
+
+def test_flat_layout_gets_group_aware_test_part(make_dataset):
+    index = scan(make_dataset(classes=4, layout="flat", groups=10, per_group=3))
+    split = make_split(index, seed=0)
+    parts = [_groups(p, index.classes) for p in (split.train, split.val, split.test)]
+    assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
+    manifest = split.manifest(index.root)
+    assert manifest["test"] and manifest["rule"].startswith("filename")
+
+
+def test_csv_rule(make_dataset, tmp_path):
+    index = scan(make_dataset(classes=2, groups=4, per_group=2))
+    rows = ["file,group"] + [f"{p.name},{i // 4}" for i, p in enumerate(index.train.files)]
+    csv_path = tmp_path / "groups.csv"
+    csv_path.write_text("\n".join(rows))
+    split = make_split(index, f"csv:{csv_path}", seed=0)
+    by_file = {p.name: i // 4 for i, p in enumerate(index.train.files)}
+    assert not {by_file[p.name] for p in split.train.files} & {by_file[p.name] for p in split.val.files}
+
+
+def test_auto_falls_back_to_none_and_says_so(make_dataset):
+    root = make_dataset(classes=2, groups=3)
+    for path in (root / "TRAIN").rglob("*.png"):
+        path.rename(path.with_name("cell" + path.name))
+    index = scan(root)
+    assert "none" in make_split(index, "auto").rule
+    with pytest.raises(DataError, match="does not match"):
+        make_split(index, "filename")
+
+
+@pytest.mark.parametrize("rule, message", [
+    ("bogus", "unknown rule"),
+    ("filename:(", "invalid regular expression"),
+    ("filename:\\d+", "named group"),
+    ("csv:/no/such.csv", "does not exist"),
+])
+def test_bad_rules(make_dataset, rule, message):
+    index = scan(make_dataset())
+    with pytest.raises(DataError, match=message):
+        make_split(index, rule)
+
+
+def test_class_with_one_group_is_refused(make_dataset):
+    index = scan(make_dataset(classes=2, groups=1))
+    with pytest.raises(DataError, match="only 1 source group"):
+        make_split(index)
+
+
+def test_labels_preserved(make_dataset):
+    index = scan(make_dataset(classes=3, groups=5))
+    split = make_split(index)
+    for part in (split.train, split.val):
+        for path, label in zip(part.files, part.labels):
+            assert path.parent.name == index.classes[label]
+    assert np.bincount(split.val.labels).min() > 0
