@@ -20,18 +20,19 @@ MAX_BRIGHTNESS = 0.2
 MAX_HUE = 0.05
 
 
-def build_augmentation(strength: float, seed: int = 0) -> keras.Sequential:
+def build_augmentation(strength: float, seed: int = 0) -> keras.layers.Layer:
     """A Sequential of random layers for images in the 0–255 range.
 
-    Returns an empty (identity) Sequential for ``strength == 0`` so every model
-    has the same structure whatever the trial chose.
+    ``strength == 0`` gives an Identity layer of the same name, so every model
+    has an ``augmentation`` layer whatever the trial chose.
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"aug_strength={strength}: must be between 0 and 1")
-    layers = []
-    if strength > 0:
-        s = float(strength)
-        layers = [
+    if strength == 0:
+        return keras.layers.Identity(name="augmentation")
+    s = float(strength)
+    return keras.Sequential(
+        [
             keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
             keras.layers.RandomRotation(MAX_ROTATION * s, fill_mode="reflect", seed=seed + 1),
             keras.layers.RandomZoom(MAX_ZOOM * s, fill_mode="reflect", seed=seed + 2),
@@ -39,5 +40,6 @@ def build_augmentation(strength: float, seed: int = 0) -> keras.Sequential:
             keras.layers.RandomContrast(MAX_CONTRAST * s, value_range=(0, 255), seed=seed + 4),
             keras.layers.RandomBrightness(MAX_BRIGHTNESS * s, value_range=(0, 255), seed=seed + 5),
             keras.layers.RandomHue(MAX_HUE * s, value_range=(0, 255), seed=seed + 6),
-        ]
-    return keras.Sequential(layers, name="augmentation")
+        ],
+        name="augmentation",
+    )

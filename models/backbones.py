@@ -7,6 +7,7 @@ is driven by the trainer through ``BuiltModel.backbone``.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,7 +44,7 @@ def build_backbone_model(family: str, variant: Variant, params: dict, *, num_cla
     model = assemble(
         image_size=image_size, num_classes=num_classes, aug_strength=float(params.get("aug_strength", 0.0)),
         seed=seed, scaling=variant.scaling(), body=body, head_units=int(params.get("head_units", 0)),
-        dropout=float(params.get("head_dropout", 0.2)), name=f"{family}_{variant.label}".lower().replace(" ", "_"),
+        dropout=float(params.get("head_dropout", 0.2)), name=re.sub(r"[^a-z0-9_]+", "_", f"{family}_{variant.label}".lower()).strip("_"),
     )
     return BuiltModel(model, f"{origin}: {variant.label}", backbone=backbone)
 

@@ -28,7 +28,7 @@ def _short(params: dict) -> str:
 class TerminalReporter:
     def __init__(self, study: optuna.Study, console: Console | None = None):
         self.study = study
-        self.console = console or Console(highlight=False)
+        self.console = console or Console(highlight=False, soft_wrap=True)
         self.live = self.console.is_terminal
         self._trial_started = 0.0
         self._trial_number = -1
