@@ -18,6 +18,9 @@ WEIGHTS    ?=
 SPACE      ?=
 FIX        ?=
 SEED       ?=
+TRIAL      ?= best
+NAME       ?=
+CHAMPION   ?=
 
 opt = $(if $(strip $(2)),$(1) "$(strip $(2))")
 
@@ -25,6 +28,9 @@ opt = $(if $(strip $(2)),$(1) "$(strip $(2))")
 
 help:
 	@echo "make search MODEL=cnn DATA=path/to/images   run or resume a study (TRIALS, TIMEOUT, MAX_EPOCHS, STUDY, STORAGE, GROUPS, PRUNER, WEIGHTS, SPACE, FIX, SEED)"
+	@echo "make report STUDY=…                       Markdown comparison report → reports/<study>.md (reads TEST)"
+	@echo "make export STUDY=… [TRIAL=best|N]         best model → exports/<study>/model.keras + labels, preprocessing"
+	@echo "make promote STUDY=… [TRIAL=] [NAME=] [CHAMPION=1]  versioned release → releases/<name>/v<N>/"
 	@echo "make test                                   run the test suite"
 
 install: $(STAMP)
@@ -40,6 +46,18 @@ search: $(STAMP)
 		$(call opt,--max-epochs,$(MAX_EPOCHS)) $(call opt,--study,$(STUDY)) $(call opt,--storage,$(STORAGE)) \
 		$(call opt,--groups,$(GROUPS)) $(call opt,--pruner,$(PRUNER)) $(call opt,--weights,$(WEIGHTS)) \
 		$(call opt,--space,$(SPACE)) $(call opt,--fix,$(FIX)) $(call opt,--seed,$(SEED))
+
+.PHONY: report export promote
+
+report: $(STAMP)
+	$(BIN)/hematune report --study "$(STUDY)" $(call opt,--storage,$(STORAGE))
+
+export: $(STAMP)
+	$(BIN)/hematune export --study "$(STUDY)" --trial "$(TRIAL)" $(call opt,--storage,$(STORAGE))
+
+promote: $(STAMP)
+	$(BIN)/hematune promote --study "$(STUDY)" --trial "$(TRIAL)" $(call opt,--storage,$(STORAGE)) \
+		$(call opt,--name,$(NAME)) $(if $(filter 1 yes true,$(CHAMPION)),--champion)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

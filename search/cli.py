@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
                         help="pin a parameter of the space (repeatable), e.g. --fix version=v1")
     search.add_argument("--keep-top", type=_positive_int, default=3, help="trials that keep a model file (default 3)")
+    from reports.commands import add_parsers as add_report_parsers
+
+    add_report_parsers(commands)  # report, export, promote, verify, predict
     return parser
 
 
@@ -81,6 +84,10 @@ def cmd_search(args) -> int:
 
 
 COMMANDS = {"search": cmd_search}
+
+from reports.commands import COMMANDS as REPORT_COMMANDS  # noqa: E402 - light: imports nothing heavy
+
+COMMANDS.update(REPORT_COMMANDS)  # report, export, promote, verify, predict
 
 
 def main(argv: list[str] | None = None) -> int:

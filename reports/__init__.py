@@ -1,0 +1,8 @@
+"""What comes after a study: the comparison report, the exported best model,
+versioned releases (promote, verify) and prediction from a release.
+
+Everything here reads the study storage, the saved trial models and the data;
+TEST is read only when a report (or a promote that needs TEST metrics) scores a
+model, once per model file, and the predictions are kept so every number can
+be recomputed.
+"""

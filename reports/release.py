@@ -1,0 +1,421 @@
+"""Export a trial's model, promote it to a versioned release, verify a release.
+
+A release is a folder ``releases/<name>/v<N>/`` that holds everything needed
+to use and to trust the model without the study: ``model.keras``,
+``labels.json``, ``preprocessing.json``, ``metrics.json``, ``MODEL_CARD.md``
+and ``SHA256SUMS`` over all of them.
+
+Why it is built this way:
+
+* **Atomic.** The release is written into a hidden temporary folder beside
+  the versions and renamed to ``v<N>`` only when complete. A crash, Ctrl-C or
+  ``kill -9`` leaves either nothing or a whole release; leftovers of dead
+  writers are swept on the next promote.
+* **Never overwritten.** Renaming onto an existing (never empty) ``v<N>``
+  fails, so two promotes racing each get their own version.
+* **Champion pointer.** ``releases/<name>/champion`` holds the version that
+  ``predict --release releases/<name>`` uses. The first release becomes
+  champion; later ones only when asked (``--champion``), so a new version can
+  be inspected before it serves.
+* **Verified before use.** Every checksum is checked, files not listed are
+  refused, and the model is loaded in Keras safe mode (no arbitrary code).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import yaml
+
+from reports import evaluate
+from reports.errors import ReportError
+from reports.study import StudyView, check_data_unchanged, data_root, family_params, sha256_file, test_images
+
+MODEL, LABELS, PREPROCESSING, METRICS, CARD, SUMS = ("model.keras", "labels.json", "preprocessing.json",
+                                                    "metrics.json", "MODEL_CARD.md", "SHA256SUMS")
+RELEASE_FILES = (MODEL, LABELS, PREPROCESSING, METRICS, CARD)
+CHAMPION = "champion"
+RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+VERSION = re.compile(r"^v(\d+)$")
+STALE_TMP_S = 6 * 3600
+_SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+
+
+# --- small atomic helpers ----------------------------------------------------
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _write(tmp, text)
+    os.replace(tmp, path)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+    with open(dst, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_checksums(folder: Path) -> None:
+    lines = [f"{sha256_file(folder / name)}  {name}" for name in sorted(p.name for p in folder.iterdir()
+                                                                        if p.is_file() and p.name != SUMS)]
+    _write(folder / SUMS, "\n".join(lines) + "\n")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_stale(base: Path) -> None:
+    """Remove temporary folders left by promotes that died (kill -9, power loss)."""
+    for path in base.glob(".tmp-*"):
+        match = re.match(r"^\.tmp-(\d+)-", path.name)
+        dead = match is not None and not _pid_alive(int(match.group(1)))
+        if dead or time.time() - path.stat().st_mtime > STALE_TMP_S:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- what a release says about its model ---------------------------------------
+
+def preprocessing_info(model: keras.Model, family: str) -> dict:
+    """What a caller must do to an image before the model (and what the model does itself)."""
+    inside = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Rescaling):
+            inside.append({"layer": layer.name, "scale": float(layer.scale), "offset": float(layer.offset)})
+        elif layer.name == "caffe_preprocessing":
+            inside.append({"layer": layer.name, "op": "RGB→BGR and ImageNet mean subtraction"})
+    return {
+        "image_size": evaluate.input_size(model),
+        "input": "RGB, shape (image_size, image_size, 3), pixel values 0–255 (uint8 or float); no scaling by the caller",
+        "resize": "stretch to a square, bilinear (PIL), as data_pipeline.cache.decode_image does",
+        "call": "model.predict(x) or model(x, training=False); a bare model(x) runs the training augmentation",
+        "scaling_inside_model": inside or "inside the backbone",
+        "family": family,
+    }
+
+
+def export(view: StudyView, trial_ref: str | int, out_dir: Path | None = None) -> Path:
+    """Write the trial's model with its labels and preprocessing to ``out_dir`` (replaced atomically)."""
+    trial = view.trial(trial_ref)
+    source = view.require_model(trial)
+    out_dir = Path(out_dir or Path("exports") / view.name)
+    model = evaluate.load_model(source)
+    family, params = family_params(view, trial)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _copy(source, tmp / MODEL)
+        _write(tmp / LABELS, json.dumps(view.classes, indent=1) + "\n")
+        _write(tmp / PREPROCESSING, json.dumps(preprocessing_info(model, family), indent=1, ensure_ascii=False) + "\n")
+        _write(tmp / "trial.json", json.dumps({"study": view.name, "trial": trial.number, "family": family,
+                                               "params": params, "val_accuracy": trial.value}, indent=1) + "\n")
+        write_checksums(tmp)
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        if out_dir.exists():
+            os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+# --- promote -----------------------------------------------------------------
+
+def versions(base: Path) -> list[int]:
+    if not base.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in base.iterdir() if p.is_dir() and (m := VERSION.match(p.name)))
+
+
+def champion(base: Path) -> str | None:
+    path = base / CHAMPION
+    return path.read_text().strip() if path.is_file() else None
+
+
+def set_champion(base: Path, version: str) -> None:
+    if not (base / version / SUMS).is_file():
+        raise ReportError(f"{base / version}: not a release; cannot make it champion")
+    _write_atomic(base / CHAMPION, version + "\n")
+
+
+def _test_metrics(view: StudyView, trial, model_file: Path, sha: str, model, reports_dir: Path, data) -> dict:
+    """TEST numbers from the report's saved predictions (or, if the report has not
+    scored this model yet, scored now, once, and saved where the report looks)."""
+    root = data_root(view, data)
+    check_data_unchanged(view, root)
+    test = test_images(view, root)
+    pred = evaluate.test_predictions(model_file, sha, trial.number, test, root, view.classes,
+                                     Path(reports_dir) / view.name, model=model)
+    low, high = evaluate.bootstrap_ci(pred.correct)
+    calib = evaluate.calibration(pred.y_true, pred.probs)
+    return {
+        "split": "TEST", "images": int(len(pred.y_true)), "unusable_images": len(pred.skipped),
+        "accuracy": evaluate.accuracy(pred.y_true, pred.y_pred), "accuracy_ci95": [low, high],
+        "macro_f1": evaluate.macro_f1(pred.y_true, pred.y_pred, len(view.classes)), "ece": calib.ece,
+        "per_class": evaluate.per_class(pred.y_true, pred.y_pred, view.classes),
+        "test_fingerprint": pred.test_fingerprint, "predictions_file": str(pred.path),
+        "bootstrap": {"samples": evaluate.BOOTSTRAP_SAMPLES, "seed": evaluate.BOOTSTRAP_SEED},
+    }
+
+
+def _model_card(name: str, version: str, metrics: dict, view: StudyView) -> str:
+    val, test = metrics["validation"], metrics["test"]
+    dataset = Path(view.attrs.get("data_root", "data")).name
+    front = {
+        "library_name": "keras",
+        "pipeline_tag": "image-classification",
+        "tags": ["image-classification", "keras", "white-blood-cells", "hematology", "optuna", "hematune",
+                 metrics["family"]],
+        "datasets": [dataset],
+        "metrics": ["accuracy", "f1"],
+        "model-index": [{
+            "name": f"{name}-{version}",
+            "results": [{
+                "task": {"type": "image-classification", "name": "White-blood-cell classification"},
+                "dataset": {"name": dataset, "type": "imagefolder", "split": "TEST"},
+                "metrics": [
+                    {"type": "accuracy", "value": round(test["accuracy"], 4), "name": "TEST accuracy"},
+                    {"type": "f1", "value": round(test["macro_f1"], 4), "name": "TEST macro-F1"},
+                ],
+            }, {
+                "task": {"type": "image-classification", "name": "White-blood-cell classification"},
+                "dataset": {"name": dataset, "type": "imagefolder", "split": "group-validation"},
+                "metrics": [{"type": "accuracy", "value": round(val["accuracy"], 4),
+                             "name": "group-validation accuracy"}],
+            }],
+        }],
+    }
+    per_class = "\n".join(f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+                          for c in test["per_class"])
+    params = "\n".join(f"  - `{k}`: {v}" for k, v in metrics["params"].items())
+    low, high = test["accuracy_ci95"]
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()}
+---
+
+# {name} {version}
+
+A {metrics['family']} white-blood-cell image classifier ({len(metrics['labels'])} classes: {', '.join(metrics['labels'])}),
+chosen by hematune's Optuna search (study `{metrics['study']}`, trial {metrics['trial']}).
+
+## Intended use
+
+Research and method development: comparing models and sorting white-blood-cell crops for later expert review.
+Input: one cell crop per image, RGB, as in the training data (see `preprocessing.json`).
+
+## Limitations
+
+- **Research use only. This is not a diagnostic device** and must not be used to make or support clinical decisions.
+- Trained on {metrics['data']['train_images']} images derived from a small number of source cells; accuracy on other
+  microscopes, stains, magnifications or labs is unknown until measured there.
+- Predicts only the classes above; any other cell type or artefact is forced into one of them.
+- Confidence is not a probability of being right: TEST expected calibration error {test['ece']:.3f}.
+
+## Data
+
+- Data set: `{view.attrs.get('data_root')}` (fingerprint `{metrics['data_fingerprint']}`, {view.attrs.get('layout')} layout).
+- Split: {metrics['data']['split_rule']} (split hash `{metrics['data']['split_hash']}`); validation groups never
+  overlap training groups. TEST was not used for any choice.
+
+## Training
+
+- Family `{metrics['family']}`, {metrics['param_count']:,} parameters, weights: {metrics['training'].get('weights_origin')}.
+- {metrics['training'].get('epochs_trained')} epochs (best epoch {(metrics['training'].get('best_epoch') or 0) + 1}), seed {metrics['training'].get('seed')},
+  backend {metrics['training'].get('backend')} on {metrics['training'].get('device')}.
+- Parameters:
+{params}
+
+## Evaluation
+
+| split | images | accuracy | notes |
+|---|---:|---:|---|
+| group-validation | {val['images']} | {val['accuracy']:.4f} | used to select this trial |
+| TEST | {test['images']} | {test['accuracy']:.4f} | bootstrap 95 % CI [{low:.4f}, {high:.4f}], macro-F1 {test['macro_f1']:.4f} |
+
+Per class (TEST):
+
+| class | precision | recall | F1 | images |
+|---|---:|---:|---:|---:|
+{per_class}
+
+Check this release with `hematune verify releases/{name}/{version}`; every file is listed in `SHA256SUMS`.
+"""
+
+
+@dataclass
+class Promoted:
+    path: Path
+    version: str
+    champion: str
+
+
+def promote(view: StudyView, trial_ref: str | int = "best", name: str | None = None,
+            releases_dir: Path = Path("releases"), reports_dir: Path = Path("reports"), make_champion: bool = False,
+            data: str | None = None) -> Promoted:
+    from search.environment import git_commit
+
+    name = name or view.name
+    if not RELEASE_NAME.match(name):
+        raise ReportError(f"NAME={name}: use letters, digits, '.', '_' or '-' only, at most 100 characters")
+    trial = view.trial(trial_ref)
+    source = view.require_model(trial)
+    sha = sha256_file(source)
+    model = evaluate.load_model(source)
+    family, params = family_params(view, trial)
+    attrs, ua = view.attrs, trial.user_attrs
+    metrics = {
+        "release": name, "study": view.name, "storage": view.storage_url, "trial": trial.number, "family": family,
+        "selected_by": "best group-validation accuracy" if str(trial_ref) == "best" else f"TRIAL={trial_ref} (by hand)",
+        "params": params, "labels": view.classes, "param_count": ua.get("param_count"), "model_sha256": sha,
+        "data_fingerprint": attrs.get("data_fingerprint"),
+        "data": {"root": attrs.get("data_root"), "split_rule": attrs.get("split_rule"),
+                 "split_hash": attrs.get("split_hash"), "train_images": sum((attrs.get("train_counts") or {}).values())},
+        "validation": {"split": "group-validation", "accuracy": float(trial.value),
+                       "images": sum((attrs.get("val_counts") or {}).values()), "loss": ua.get("best_val_loss")},
+        "test": _test_metrics(view, trial, source, sha, model, reports_dir, data),
+        "training": {k: ua.get(k) for k in ("seed", "epochs_trained", "best_epoch", "wall_seconds", "backend",
+                                            "device", "weights_origin", "versions")},
+        "hematune_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+    base = Path(releases_dir) / name
+    base.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(base)
+    tmp = base / f".tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    try:
+        _copy(source, tmp / MODEL)
+        _write(tmp / LABELS, json.dumps(view.classes, indent=1) + "\n")
+        _write(tmp / PREPROCESSING, json.dumps(preprocessing_info(model, family), indent=1, ensure_ascii=False) + "\n")
+        while True:  # the version is fixed at rename time; a racing promote just takes the next number
+            version = f"v{(versions(base) or [0])[-1] + 1}"
+            metrics["version"] = version
+            _write(tmp / METRICS, json.dumps(metrics, indent=1, default=str) + "\n")
+            _write(tmp / CARD, _model_card(name, version, metrics, view))
+            write_checksums(tmp)
+            _fsync_dir(tmp)
+            try:
+                os.rename(tmp, base / version)
+                break
+            except OSError:
+                if not (base / version).exists():
+                    raise
+        _fsync_dir(base)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    current = champion(base)
+    if make_champion or current is None or not (base / current).is_dir():
+        set_champion(base, version)
+        current = version
+    return Promoted(base / version, version, current)
+
+
+# --- verify ------------------------------------------------------------------
+
+@dataclass
+class Release:
+    path: Path
+    model: keras.Model
+    labels: list[str]
+    preprocessing: dict
+    metrics: dict
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A version folder, or a release name folder (→ its champion)."""
+    path = Path(path)
+    if (path / SUMS).is_file():
+        return path
+    if not path.is_dir():
+        raise ReportError(f"RELEASE={path}: no such release folder")
+    current = champion(path)
+    if current:
+        if not (path / current / SUMS).is_file():
+            raise ReportError(f"RELEASE={path}: champion points at {current}, which is not a release")
+        return path / current
+    found = versions(path)
+    if found:
+        raise ReportError(f"RELEASE={path}: no champion set; name a version, e.g. {path / f'v{found[-1]}'}")
+    raise ReportError(f"RELEASE={path}: not a release (no {SUMS}); promote a trial first")
+
+
+def _read_sums(folder: Path) -> dict[str, str]:
+    sums = {}
+    for number, line in enumerate((folder / SUMS).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _SUM_LINE.match(line)
+        if not match or "/" in match.group(2):
+            raise ReportError(f"{folder / SUMS}: line {number} is not '<sha256>  <file>'")
+        sums[match.group(2)] = match.group(1)
+    return sums
+
+
+def verify(path: str | os.PathLike) -> Release:
+    """Check every checksum and that nothing is added or missing; load the model in safe mode."""
+    folder = resolve(path)
+    sums = _read_sums(folder)
+    missing = [name for name in RELEASE_FILES if name not in sums]
+    if missing:
+        raise ReportError(f"{folder}: {SUMS} does not list {', '.join(missing)}; the release is incomplete")
+    present = {p.name for p in folder.iterdir() if p.name != SUMS}
+    extra = sorted(present - set(sums))
+    if extra:
+        raise ReportError(f"{folder}: {', '.join(extra)} not listed in {SUMS}; the release was modified")
+    for name, expected in sums.items():
+        file = folder / name
+        if not file.is_file():
+            raise ReportError(f"{folder}: {name} is listed in {SUMS} but missing")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise ReportError(f"{file}: checksum mismatch (sha256 {actual[:12]}… ≠ {expected[:12]}… in {SUMS}); "
+                              "the release was modified or damaged")
+    try:
+        labels = json.loads((folder / LABELS).read_text())
+        preprocessing = json.loads((folder / PREPROCESSING).read_text())
+        metrics = json.loads((folder / METRICS).read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{folder}: a JSON file does not parse ({exc})") from None
+    try:
+        model = evaluate.load_model(folder / MODEL)
+    except Exception as exc:  # noqa: BLE001 - any load failure means the release is unusable
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ReportError(f"{folder / MODEL}: does not load in Keras safe mode ({reason})") from None
+    if int(model.output_shape[-1]) != len(labels):
+        raise ReportError(f"{folder}: model has {model.output_shape[-1]} outputs but {LABELS} names {len(labels)} classes")
+    if evaluate.input_size(model) != int(preprocessing.get("image_size", -1)):
+        raise ReportError(f"{folder}: model input {evaluate.input_size(model)} px ≠ preprocessing image_size "
+                          f"{preprocessing.get('image_size')}")
+    return Release(folder, model, labels, preprocessing, metrics)
