@@ -9,27 +9,27 @@ with another space is refused rather than silently mixing the two.
 from __future__ import annotations
 
 import logging
+import warnings
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from search.annotate import TrialAnnotator, annotate_study
 from search.data import SearchData, prepare, write_manifest
 from search.errors import SearchConfigError
 from search.objective import SearchContext, objective
 from search.progress import TerminalReporter
 from search.space import SearchSpace, load_space
+from search.storage import open_storage  # noqa: F401 — also imported from here by reports
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 PRUNERS = ("hyperband", "median", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-HEARTBEAT_S, GRACE_S = 20, 90
 
 
 @dataclass
@@ -51,6 +51,9 @@ class SearchConfig:
     fixed: dict = field(default_factory=dict)
     keep_top: int = 3
     max_consecutive_failures: int = 3
+    # None: the sampler uses `seed`. Parallel workers each draw their own (search/workers.py): with one
+    # shared seed they would all propose the same random start-up trials.
+    sampler_seed: int | None = None
 
     def study_name(self) -> str:
         if self.study:
@@ -72,31 +75,6 @@ def check_config(config: SearchConfig) -> None:
                                 "(no '/' or spaces), at most 100 characters")
     if config.pruner not in PRUNERS:
         raise SearchConfigError(f"PRUNER={config.pruner}: choose one of {', '.join(PRUNERS)}")
-
-
-def open_storage(url: str) -> RDBStorage:
-    """An RDB storage with trial heartbeats: a worker that dies leaves its trial
-    failed after the grace period, and the trial's parameters are retried once."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise SearchConfigError(f"STORAGE={url}: not a database URL; e.g. sqlite:///studies/hematune.db "
-                                "or postgresql://user:pass@host/db") from None
-    engine_kwargs = {}
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            folder = Path(parsed.database).expanduser().resolve().parent
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise SearchConfigError(f"STORAGE={url}: cannot create {folder} ({exc.strerror})") from None
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
-    except (SQLAlchemyError, ImportError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SearchConfigError(f"STORAGE={url}: cannot open the study database ({reason[:200]})") from None
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -133,7 +111,8 @@ def _check_resume(study: optuna.Study, data: SearchData, space: SearchSpace) -> 
 
 def open_study(config: SearchConfig, storage: RDBStorage, data: SearchData, space: SearchSpace,
                max_epochs: int) -> optuna.Study:
-    sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=config.seed,
+    sampler_seed = config.seed if config.sampler_seed is None else config.sampler_seed
+    sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=sampler_seed,
                                          n_startup_trials=5, constant_liar=True)
     study = optuna.create_study(study_name=config.study_name(), storage=storage, direction="maximize",
                                 sampler=sampler, pruner=make_pruner(config.pruner, max_epochs), load_if_exists=True)
@@ -151,6 +130,10 @@ def open_study(config: SearchConfig, storage: RDBStorage, data: SearchData, spac
             "pruner": config.pruner,
             "seed": config.seed,
             "weights_policy": config.weights or "family default (imagenet for backbones)",
+            # what `hematune worker` needs to join with only STUDY and STORAGE (search/workers.py)
+            "worker_settings": {"model": config.model, "groups": config.groups, "val_fraction": config.val_fraction,
+                                "seed": config.seed, "pruner": config.pruner, "weights": config.weights,
+                                "max_epochs": config.max_epochs, "keep_top": config.keep_top},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }.items():
             study.set_user_attr(key, value)
@@ -188,15 +171,19 @@ class SearchOutcome:
     stopped_by_failures: str | None = None
 
 
-def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, console=None) -> SearchOutcome:
+def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, console=None,
+               space: SearchSpace | None = None) -> SearchOutcome:
     check_config(config)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE group=True, heartbeats
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").setLevel(logging.WARNING)
-    space = load_space(config.model, space_file=config.space_file, fixed=config.fixed)
+    # a joining worker passes the space stored on the study (search/workers.py)
+    space = space or load_space(config.model, space_file=config.space_file, fixed=config.fixed)
     data = prepare(config.data, groups=config.groups, val_fraction=config.val_fraction, seed=config.seed)
     max_epochs = _max_epochs(config, space)
     storage = open_storage(config.storage_url())
     study = open_study(config, storage, data, space, max_epochs)
+    annotate_study(study)  # the dashboard's study note, once
     reporter = reporter or TerminalReporter(study, console)
     reporter.study = study
     data.on_problems = lambda problems: reporter.line(
@@ -224,9 +211,11 @@ def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, c
         deadline=None if remaining_time is None else time.time() + remaining_time, reporter=reporter,
     )
     failures = _StopAfterFailures(config.max_consecutive_failures)
+    annotator = TrialAnnotator(data, Path(config.studies_dir), config.keep_top, warn=reporter.line)
     study.optimize(
-        objective(ctx), n_trials=None, timeout=remaining_time, catch=(Exception,), gc_after_trial=True,
-        callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=FINISHED), reporter.trial_finished, failures],
+        annotator.wrap(objective(ctx)), n_trials=None, timeout=remaining_time, catch=(Exception,), gc_after_trial=True,
+        callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=FINISHED), reporter.trial_finished, failures,
+                   annotator.annotate_trial],
     )
     if data.problems:
         study.set_user_attr("skipped_images", dict(list(data.problems.items())[:200]))
