@@ -21,13 +21,15 @@ SEED       ?=
 TRIAL      ?= best
 NAME       ?=
 CHAMPION   ?=
+PORT       ?= 8080
 
 opt = $(if $(strip $(2)),$(1) "$(strip $(2))")
 
-.PHONY: install search test help
+.PHONY: install search test help dashboard
 
 help:
 	@echo "make search MODEL=cnn DATA=path/to/images   run or resume a study (TRIALS, TIMEOUT, MAX_EPOCHS, STUDY, STORAGE, GROUPS, PRUNER, WEIGHTS, SPACE, FIX, SEED)"
+	@echo "make dashboard [STUDY=…] [STORAGE=…] [PORT=8080]  browse studies in optuna-dashboard on 127.0.0.1"
 	@echo "make report STUDY=…                       Markdown comparison report → reports/<study>.md (reads TEST)"
 	@echo "make export STUDY=… [TRIAL=best|N]         best model → exports/<study>/model.keras + labels, preprocessing"
 	@echo "make promote STUDY=… [TRIAL=] [NAME=] [CHAMPION=1]  versioned release → releases/<name>/v<N>/"
@@ -46,6 +48,9 @@ search: $(STAMP)
 		$(call opt,--max-epochs,$(MAX_EPOCHS)) $(call opt,--study,$(STUDY)) $(call opt,--storage,$(STORAGE)) \
 		$(call opt,--groups,$(GROUPS)) $(call opt,--pruner,$(PRUNER)) $(call opt,--weights,$(WEIGHTS)) \
 		$(call opt,--space,$(SPACE)) $(call opt,--fix,$(FIX)) $(call opt,--seed,$(SEED))
+
+dashboard: $(STAMP)
+	$(BIN)/hematune dashboard --port $(PORT) $(call opt,--study,$(STUDY)) $(call opt,--storage,$(STORAGE))
 
 .PHONY: report export promote
 

@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
                         help="pin a parameter of the space (repeatable), e.g. --fix version=v1")
     search.add_argument("--keep-top", type=_positive_int, default=3, help="trials that keep a model file (default 3)")
+
+    dashboard = commands.add_parser("dashboard", help="browse studies in optuna-dashboard (127.0.0.1 only)",
+                                    description="Serve optuna-dashboard on the study storage, bound to 127.0.0.1.")
+    dashboard.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///<studies-dir>/hematune.db)")
+    dashboard.add_argument("--studies-dir", default="studies", type=Path, help="where trial artifacts live "
+                           "(default: studies)")
+    dashboard.add_argument("--port", type=_positive_int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    dashboard.add_argument("--study", help="print the URL of this study's page")
     from reports.commands import add_parsers as add_report_parsers
 
     add_report_parsers(commands)  # report, export, promote, verify, predict
@@ -83,7 +91,18 @@ def cmd_search(args) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search}
+def cmd_dashboard(args) -> int:
+    from search.dashboard import serve
+
+    storage = args.storage or f"sqlite:///{Path(args.studies_dir) / 'hematune.db'}"
+    try:
+        serve(storage, Path(args.studies_dir), args.port, args.study)
+    except KeyboardInterrupt:
+        print("hematune: dashboard stopped", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"dashboard": cmd_dashboard, "search": cmd_search}
 
 from reports.commands import COMMANDS as REPORT_COMMANDS  # noqa: E402 - light: imports nothing heavy
 
