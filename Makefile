@@ -22,6 +22,7 @@ TRIAL      ?= best
 NAME       ?=
 CHAMPION   ?=
 PORT       ?= 8080
+WORKERS    ?=
 
 opt = $(if $(strip $(2)),$(1) "$(strip $(2))")
 
@@ -29,6 +30,8 @@ opt = $(if $(strip $(2)),$(1) "$(strip $(2))")
 
 help:
 	@echo "make search MODEL=cnn DATA=path/to/images   run or resume a study (TRIALS, TIMEOUT, MAX_EPOCHS, STUDY, STORAGE, GROUPS, PRUNER, WEIGHTS, SPACE, FIX, SEED)"
+	@echo "make search … WORKERS=4                     the same with 4 local worker processes on one study"
+	@echo "make worker STUDY=… [STORAGE=postgresql://…] [WORKERS=N]  join an existing study (another terminal or machine)"
 	@echo "make dashboard [STUDY=…] [STORAGE=…] [PORT=8080]  browse studies in optuna-dashboard on 127.0.0.1"
 	@echo "make report STUDY=…                       Markdown comparison report → reports/<study>.md (reads TEST)"
 	@echo "make export STUDY=… [TRIAL=best|N]         best model → exports/<study>/model.keras + labels, preprocessing"
@@ -47,7 +50,15 @@ search: $(STAMP)
 	$(BIN)/hematune search --model $(MODEL) --data "$(DATA)" --trials $(TRIALS) $(call opt,--timeout,$(TIMEOUT)) \
 		$(call opt,--max-epochs,$(MAX_EPOCHS)) $(call opt,--study,$(STUDY)) $(call opt,--storage,$(STORAGE)) \
 		$(call opt,--groups,$(GROUPS)) $(call opt,--pruner,$(PRUNER)) $(call opt,--weights,$(WEIGHTS)) \
-		$(call opt,--space,$(SPACE)) $(call opt,--fix,$(FIX)) $(call opt,--seed,$(SEED))
+		$(call opt,--space,$(SPACE)) $(call opt,--fix,$(FIX)) $(call opt,--seed,$(SEED)) \
+		$(call opt,--workers,$(WORKERS))
+
+# joins an existing study: data, model, space and split come from the study; DATA only if given here
+.PHONY: worker
+worker: $(STAMP)
+	$(BIN)/hematune worker $(call opt,--study,$(STUDY)) $(call opt,--storage,$(STORAGE)) --trials $(TRIALS) \
+		$(call opt,--timeout,$(TIMEOUT)) $(call opt,--workers,$(WORKERS)) \
+		$(if $(filter command line environment,$(origin DATA)),--data "$(DATA)")
 
 dashboard: $(STAMP)
 	$(BIN)/hematune dashboard --port $(PORT) $(call opt,--study,$(STUDY)) $(call opt,--storage,$(STORAGE))

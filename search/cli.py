@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
                         help="pin a parameter of the space (repeatable), e.g. --fix version=v1")
     search.add_argument("--keep-top", type=_positive_int, default=3, help="trials that keep a model file (default 3)")
+    search.add_argument("--workers", type=_positive_int, default=1,
+                        help="local worker processes sharing the study (default 1); see `hematune worker`")
+    from search.workers import add_worker_command
+
+    add_worker_command(commands)
 
     dashboard = commands.add_parser("dashboard", help="browse studies in optuna-dashboard (127.0.0.1 only)",
                                     description="Serve optuna-dashboard on the study storage, bound to 127.0.0.1.")
@@ -78,6 +83,10 @@ def cmd_search(args) -> int:
         val_fraction=args.val_fraction, seed=args.seed, pruner=args.pruner, weights=args.weights,
         space_file=args.space, fixed=fixed, keep_top=args.keep_top,
     )
+    if args.workers != 1:  # N local processes on one study (search/workers.py)
+        from search.workers import search_with_workers
+
+        return search_with_workers(config, args.workers)
     outcome = run_search(config)
     study = outcome.study
     from search.progress import TerminalReporter
@@ -103,6 +112,9 @@ def cmd_dashboard(args) -> int:
 
 
 COMMANDS = {"dashboard": cmd_dashboard, "search": cmd_search}
+from search.workers import cmd_worker  # noqa: E402 — `hematune worker`
+
+COMMANDS["worker"] = cmd_worker
 
 from reports.commands import COMMANDS as REPORT_COMMANDS  # noqa: E402 - light: imports nothing heavy
 

@@ -139,6 +139,15 @@ def objective(ctx: SearchContext):
             return run_trial(trial, ctx)
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:  # Ctrl-C / SIGINT: Optuna marks the trial FAIL; say why, run its params again
+            from search.storage import queue_retry
+
+            requeued = queue_retry(trial.study, trial.number, trial.params, trial.distributions,
+                                   list(trial.user_attrs.get("retry_history", [])),
+                                   f"trial {trial.number} was interrupted (Ctrl-C or SIGINT)")
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGINT)" + (
+                "; its parameters run again first when the study resumes" if requeued else ""))
+            raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
             trial.set_user_attr("fail_reason", reason)

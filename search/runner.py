@@ -177,6 +177,9 @@ def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, c
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE group=True, heartbeats
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").setLevel(logging.WARNING)
+    # a failed or interrupted trial is reported in one line with its reason (progress, objective);
+    # Optuna's own warning would add a traceback
+    logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
     # a joining worker passes the space stored on the study (search/workers.py)
     space = space or load_space(config.model, space_file=config.space_file, fixed=config.fixed)
     data = prepare(config.data, groups=config.groups, val_fraction=config.val_fraction, seed=config.seed)

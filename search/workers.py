@@ -1,0 +1,229 @@
+"""Several workers on one study: ``hematune worker`` and ``--workers N``.
+
+A worker is one process running trials of one study. Workers share nothing
+but the study storage — Optuna's own distributed mode — so the sampler sees
+every worker's trials, and they can run on one machine (the default SQLite
+file, made safe for this in ``search/storage.py``) or on many (PostgreSQL).
+
+A worker joins with only STUDY and STORAGE: the data folder, model, search
+space, split and budget settings are read from the study, where they were
+recorded when it was created, so every worker trains exactly the same thing
+(DATA= may point at the same images at another path on another machine; the
+data fingerprint check refuses other images).
+
+``--workers N`` on one machine: this process creates or checks the study once
+(so N processes never race to create it), then starts N ``hematune worker``
+processes, prefixes their output with ``[wK]``, and forwards Ctrl-C to each
+exactly once, so each records its running trial as interrupted before it
+exits. A worker that dies without that chance (``kill -9``, power loss)
+leaves its trial to the heartbeat: the other workers, or the next run, mark
+it failed after the grace period and run its parameters again.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+STOP_WAIT_S = 120  # after Ctrl-C, how long workers get to record their trials before being killed
+DEFAULT_STORAGE = "sqlite:///{studies_dir}/hematune.db"
+SUPERVISED = "HEMATUNE_WORKER_INDEX"  # set in the workers this module starts: the supervisor prints the summary
+
+
+def add_worker_command(commands) -> None:
+    """The ``hematune worker`` sub-command (joins an existing study)."""
+    from search.cli import _number, _positive_int
+
+    worker = commands.add_parser(
+        "worker", help="join an existing study as one more worker (or N local ones with --workers N)",
+        description="Run trials of an existing study; its data, model, space and split come from the study.")
+    worker.add_argument("--study", help="name of the study to join (required)")
+    worker.add_argument("--storage", help="SQLAlchemy URL of the study (default: sqlite:///studies/hematune.db); "
+                        "postgresql://user:password@host/db for workers on several machines")
+    worker.add_argument("--studies-dir", default="studies", type=Path, help="where trial models live (default: studies)")
+    worker.add_argument("--data", help="the study's images at another path on this machine (default: the path the "
+                        "study recorded)")
+    worker.add_argument("--trials", type=_positive_int, default=20, help="finished trials the study should have")
+    worker.add_argument("--timeout", type=_number, help="wall-clock budget of the study's trials, seconds")
+    worker.add_argument("--workers", type=_positive_int, default=1, help="local worker processes to start (default 1)")
+
+
+def _refuse_workers(n: int) -> None:
+    from search.errors import SearchConfigError
+
+    if n < 1:
+        raise SearchConfigError(f"WORKERS={n}: must be a positive number")
+
+
+def joined_config(study_name: str, storage_url: str, studies_dir: Path, data: str | None, trials: int,
+                  timeout: float | None):
+    """(SearchConfig, SearchSpace) of an existing study, from what it recorded at creation."""
+    import optuna
+
+    from search.errors import SearchConfigError
+    from search.runner import SearchConfig
+    from search.space import SearchSpace
+    from search.storage import open_storage
+
+    storage = open_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise SearchConfigError(f"STUDY={study_name}: no such study in {storage_url}; create it first with "
+                                "`make search STUDY=… STORAGE=…` (any number of workers can join it then)") from None
+    attrs = study.user_attrs
+    settings, space = attrs.get("worker_settings"), attrs.get("space")
+    if not settings or not space:
+        raise SearchConfigError(f"STUDY={study_name}: the study does not record its settings (created by an older "
+                                "hematune); run `make search` with its original settings instead")
+    config = SearchConfig(
+        data=data or attrs["data_root"], model=settings["model"], study=study_name, storage=storage_url,
+        studies_dir=Path(studies_dir), trials=trials, timeout=timeout, max_epochs=settings["max_epochs"],
+        groups=settings["groups"], val_fraction=settings["val_fraction"], seed=settings["seed"],
+        pruner=settings["pruner"], weights=settings["weights"], keep_top=settings["keep_top"],
+        sampler_seed=int.from_bytes(os.urandom(4), "little"),  # workers must not propose the same trials
+    )
+    return config, SearchSpace(space["model"], space["families"])
+
+
+def cmd_worker(args) -> int:
+    """``hematune worker``: one worker here, or ``--workers N`` local ones."""
+    from search.errors import SearchConfigError
+
+    if not args.study:
+        raise SearchConfigError("STUDY= is required: the name of the study to join (see `make search`)")
+    storage = args.storage or DEFAULT_STORAGE.format(studies_dir=args.studies_dir)
+    _refuse_workers(args.workers)
+    if args.workers > 1:
+        config, _ = joined_config(args.study, storage, args.studies_dir, args.data, args.trials, args.timeout)
+        return _supervise(config, args.workers)
+    # a scheduler's or supervisor's SIGTERM is a Ctrl-C: the running trial is recorded, then exit
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    config, space = joined_config(args.study, storage, args.studies_dir, args.data, args.trials, args.timeout)
+    from search.runner import run_search
+
+    outcome = run_search(config, space=space)
+    return _finish(config, outcome, summary=SUPERVISED not in os.environ)
+
+
+def search_with_workers(config, workers: int) -> int:
+    """``hematune search --workers N``: create or check the study here, then run N local workers on it."""
+    _refuse_workers(workers)
+    create_or_check_study(config)
+    return _supervise(config, workers)
+
+
+def create_or_check_study(config):
+    """What ``run_search`` does before its first trial: validate, create or resume-check the study."""
+    import optuna
+
+    from search.data import prepare
+    from search.runner import _max_epochs, check_config, open_study
+    from search.space import load_space
+    from search.storage import open_storage
+
+    check_config(config)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(config.model, space_file=config.space_file, fixed=config.fixed)
+    data = prepare(config.data, groups=config.groups, val_fraction=config.val_fraction, seed=config.seed)
+    return open_study(config, open_storage(config.storage_url()), data, space, _max_epochs(config, space))
+
+
+def _worker_argv(config, index: int) -> list[str]:
+    argv = [sys.executable, "-m", "search", "worker", "--study", config.study_name(), "--storage",
+            config.storage_url(), "--studies-dir", str(config.studies_dir), "--trials", str(config.trials),
+            "--data", str(config.data)]
+    if config.timeout is not None:
+        argv += ["--timeout", str(config.timeout)]
+    return argv
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it if this supervisor dies (Linux), so no orphan keeps training."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _relay(index: int, stream, lock: threading.Lock, last_error: dict) -> None:
+    for line in stream:
+        line = line.rstrip("\n")
+        if line.startswith("hematune: "):
+            last_error[index] = line
+        with lock:
+            print(f"[w{index}] {line}", flush=True)
+
+
+def _supervise(config, workers: int) -> int:
+    """Start ``workers`` worker processes on the study and wait for all of them."""
+    base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    lock, last_error, procs, relays = threading.Lock(), {}, [], []
+    print(f"starting {workers} workers on study {config.study_name()} ({config.storage_url()})", flush=True)
+    for index in range(1, workers + 1):
+        # own session: a terminal's Ctrl-C reaches only this process, which forwards it once
+        proc = subprocess.Popen(_worker_argv(config, index), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env={**base_env, SUPERVISED: str(index)}, start_new_session=True, preexec_fn=_die_with_parent)
+        relay = threading.Thread(target=_relay, args=(index, proc.stdout, lock, last_error), daemon=True)
+        relay.start()
+        procs.append(proc)
+        relays.append(relay)
+    try:
+        for proc in procs:
+            proc.wait()
+    except KeyboardInterrupt:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # its trial is recovered by the heartbeat
+                proc.wait()
+        raise
+    finally:
+        for relay in relays:
+            relay.join(timeout=5)
+    return _report_workers(config, procs, last_error)
+
+
+def _report_workers(config, procs, last_error: dict) -> int:
+    failed = [(i, p.returncode) for i, p in enumerate(procs, start=1) if p.returncode != 0]
+    import optuna
+
+    from search.storage import open_storage
+
+    study = optuna.load_study(study_name=config.study_name(), storage=open_storage(config.storage_url()))
+    _print_summary(config, study)
+    if not failed:
+        return 0
+    index, code = failed[0]
+    if code < 0:
+        why = f"was killed by {signal.Signals(-code).name}; its trial is retried after the heartbeat grace period"
+    else:
+        why = f"exited with status {code}" + (f" ({last_error[index]})" if index in last_error else "")
+    others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    print(f"hematune: error: worker {index} of {len(procs)}{others} {why}", file=sys.stderr)
+    return 2 if code == 2 else 1
+
+
+def _print_summary(config, study) -> None:
+    from search.progress import TerminalReporter
+    from search.summary import print_summary
+
+    print_summary(study, Path(config.studies_dir), TerminalReporter(study).console)
+
+
+def _finish(config, outcome, summary: bool) -> int:
+    if summary:
+        _print_summary(config, outcome.study)
+    if outcome.stopped_by_failures:
+        print(f"hematune: error: stopped after {config.max_consecutive_failures} failed trials in a row; "
+              f"last: {outcome.stopped_by_failures}", file=sys.stderr)
+        return 1
+    return 0
