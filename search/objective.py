@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import numpy as np
 import optuna
 
 from models.common import unfreeze_top

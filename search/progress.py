@@ -30,6 +30,8 @@ class TerminalReporter:
         self.study = study
         self.console = console or Console(highlight=False, soft_wrap=True)
         self.live = self.console.is_terminal
+        if not self.live:
+            self.console.width = 140  # logs and CI: keep tables readable instead of 80 columns
         self._trial_started = 0.0
         self._trial_number = -1
         self._max_epochs = 0
