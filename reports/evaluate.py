@@ -5,8 +5,10 @@ the model file's SHA-256 and the TEST fingerprint), so re-running a report or
 promoting the trial re-uses them instead of looking at TEST again, and anyone
 can recompute every number in the report from that file.
 
-Metrics: accuracy with a percentile-bootstrap 95 % interval (TEST sets here
-hold a few hundred *source* cells, so the interval is wide and worth stating),
+Metrics: accuracy with a percentile-bootstrap 95 % interval that resamples
+TEST *source groups*, not files: the reference TEST set's 2,487 files are
+augmented copies of 71 source cells, and copies of one cell are right or wrong
+together, so resampling files would give an interval several times too narrow;
 macro-F1 (classes are balanced in files but not in source cells), per-class
 precision/recall/F1, expected calibration error (10 equal-width confidence
 bins) and CPU latency at batch 1 (median and inter-quartile range).
@@ -62,6 +64,7 @@ class Predictions:
     model_sha256: str
     test_fingerprint: str
     skipped: dict[str, str]  # unusable TEST files -> why (not scored)
+    groups: np.ndarray | None = None  # (N,) str source group of each file (the study's grouping rule)
     path: Path | None = None
     reused: bool = False
 
@@ -86,6 +89,7 @@ def save_predictions(pred: Predictions, path: Path) -> None:
         tmp, files=pred.files.astype(str), y_true=pred.y_true, probs=pred.probs, classes=np.asarray(pred.classes),
         trial=pred.trial, model_sha256=pred.model_sha256, test_fingerprint=pred.test_fingerprint,
         skipped_files=np.asarray(list(pred.skipped), dtype=str), skipped_reasons=np.asarray(list(pred.skipped.values()), dtype=str),
+        groups=np.asarray(pred.groups if pred.groups is not None else pred.files, dtype=str),
     )
     os.replace(tmp, path)
     pred.path = path
@@ -98,12 +102,13 @@ def load_predictions(path: Path) -> Predictions:
             classes=[str(c) for c in data["classes"]], trial=int(data["trial"]),
             model_sha256=str(data["model_sha256"]), test_fingerprint=str(data["test_fingerprint"]),
             skipped=dict(zip((str(f) for f in data["skipped_files"]), (str(r) for r in data["skipped_reasons"]))),
-            path=Path(path), reused=True,
+            groups=data["groups"] if "groups" in data.files else None, path=Path(path), reused=True,
         )
 
 
 def test_predictions(model_file: Path, model_sha256: str, trial_number: int, test: ImageSet, root: Path,
-                     classes: list[str], report_dir: Path, model: keras.Model | None = None) -> Predictions:
+                     classes: list[str], report_dir: Path, model: keras.Model | None = None,
+                     groups: list[str] | None = None) -> Predictions:
     """The model's TEST predictions: the saved ones if they belong to this exact
     model file and TEST set, else computed now (the one read of TEST) and saved."""
     test_fp = fingerprint(test, root)
@@ -113,15 +118,17 @@ def test_predictions(model_file: Path, model_sha256: str, trial_number: int, tes
             saved = load_predictions(path)
         except (OSError, ValueError, KeyError):
             saved = None
-        if saved and saved.model_sha256 == model_sha256 and saved.test_fingerprint == test_fp:
+        if saved and saved.model_sha256 == model_sha256 and saved.test_fingerprint == test_fp \
+                and saved.groups is not None:
             return saved
     model = model or load_model(model_file)
     decoded = load_or_decode(test, input_size(model))
     pixels, labels = decoded.usable_arrays()
     probs = predict_probs(model, pixels)
     files = np.asarray([os.path.relpath(f, root) for f, ok in zip(test.files, decoded.usable) if ok], dtype=str)
+    kept = np.asarray(groups if groups is not None else [str(f) for f in test.files], dtype=str)[decoded.usable]
     pred = Predictions(files, np.asarray(labels, dtype=int), probs, list(classes), trial_number, model_sha256,
-                       test_fp, dict(decoded.problems))
+                       test_fp, dict(decoded.problems), kept)
     save_predictions(pred, path)
     return pred
 
@@ -132,17 +139,26 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if len(y_true) else float("nan")
 
 
-def bootstrap_ci(correct: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of a 0/1 vector (resampling images)."""
+def bootstrap_ci(correct: np.ndarray, groups: np.ndarray | None = None, samples: int = BOOTSTRAP_SAMPLES,
+                 seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of accuracy, resampling whole groups.
+
+    ``correct`` is 0/1 per image; ``groups`` names each image's source group
+    (None: every image its own group). Each resample draws as many groups as
+    there are, with replacement, and scores all images of the drawn groups.
+    """
     correct = np.asarray(correct, dtype="float64")
     if len(correct) == 0:
         return float("nan"), float("nan")
+    ids = np.arange(len(correct)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    right = np.bincount(ids, weights=correct)  # per group: images right…
+    size = np.bincount(ids).astype("float64")  # …and images in it
     rng = np.random.default_rng(seed)
     means = np.empty(samples)
     for start in range(0, samples, 250):  # chunks keep memory small on large TEST sets
         stop = min(samples, start + 250)
-        means[start:stop] = correct[rng.integers(0, len(correct), size=(stop - start, len(correct)))].mean(axis=1)
+        draw = rng.integers(0, len(size), size=(stop - start, len(size)))
+        means[start:stop] = right[draw].sum(axis=1) / size[draw].sum(axis=1)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on a headless server and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 110
 
@@ -66,6 +67,7 @@ def optimization_history(numbers: list[int], values: list[float], families: list
     order = np.argsort(numbers)
     best = np.maximum.accumulate(np.asarray(values)[order]) if values else []
     ax.step(np.asarray(numbers)[order], best, where="post", color="black", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("group-validation accuracy")
     ax.set_title("Optimization history (completed trials)")

@@ -35,7 +35,8 @@ import yaml
 
 from reports import evaluate
 from reports.errors import ReportError
-from reports.study import StudyView, check_data_unchanged, data_root, family_params, sha256_file, test_images
+from reports.study import (StudyView, check_data_unchanged, data_root, family_params, sha256_file, test_groups,
+                           test_images)
 
 MODEL, LABELS, PREPROCESSING, METRICS, CARD, SUMS = ("model.keras", "labels.json", "preprocessing.json",
                                                     "metrics.json", "MODEL_CARD.md", "SHA256SUMS")
@@ -174,9 +175,10 @@ def _test_metrics(view: StudyView, trial, model_file: Path, sha: str, model, rep
     root = data_root(view, data)
     check_data_unchanged(view, root)
     test = test_images(view, root)
+    groups, groups_note = test_groups(view, test, root)
     pred = evaluate.test_predictions(model_file, sha, trial.number, test, root, view.classes,
-                                     Path(reports_dir) / view.name, model=model)
-    low, high = evaluate.bootstrap_ci(pred.correct)
+                                     Path(reports_dir) / view.name, model=model, groups=groups)
+    low, high = evaluate.bootstrap_ci(pred.correct, pred.groups)
     calib = evaluate.calibration(pred.y_true, pred.probs)
     return {
         "split": "TEST", "images": int(len(pred.y_true)), "unusable_images": len(pred.skipped),
@@ -184,7 +186,7 @@ def _test_metrics(view: StudyView, trial, model_file: Path, sha: str, model, rep
         "macro_f1": evaluate.macro_f1(pred.y_true, pred.y_pred, len(view.classes)), "ece": calib.ece,
         "per_class": evaluate.per_class(pred.y_true, pred.y_pred, view.classes),
         "test_fingerprint": pred.test_fingerprint, "predictions_file": str(pred.path),
-        "bootstrap": {"samples": evaluate.BOOTSTRAP_SAMPLES, "seed": evaluate.BOOTSTRAP_SEED},
+        "bootstrap": {"samples": evaluate.BOOTSTRAP_SAMPLES, "seed": evaluate.BOOTSTRAP_SEED, "resampled": groups_note},
     }
 
 
@@ -260,7 +262,7 @@ Input: one cell crop per image, RGB, as in the training data (see `preprocessing
 | split | images | accuracy | notes |
 |---|---:|---:|---|
 | group-validation | {val['images']} | {val['accuracy']:.4f} | used to select this trial |
-| TEST | {test['images']} | {test['accuracy']:.4f} | bootstrap 95 % CI [{low:.4f}, {high:.4f}], macro-F1 {test['macro_f1']:.4f} |
+| TEST | {test['images']} | {test['accuracy']:.4f} | 95 % CI [{low:.4f}, {high:.4f}] (bootstrap over source cells), macro-F1 {test['macro_f1']:.4f} |
 
 Per class (TEST):
 

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from reports import evaluate, figures
 from reports.errors import ReportError
 from reports.study import (StudyView, check_data_unchanged, data_root, family_params, load, sha256_file,
-                           test_images)
+                           test_groups, test_images)
 
 GAP_WARNING_POINTS = 3.0
 
@@ -123,7 +123,8 @@ def _rebuilt_latency(view: StudyView, trial: FrozenTrial, reps: int) -> evaluate
     return latency
 
 
-def evaluate_rows(view: StudyView, rows: list[ModelRow], test, root: Path, figures_dir: Path, reps: int) -> None:
+def evaluate_rows(view: StudyView, rows: list[ModelRow], test, groups: list[str], root: Path, figures_dir: Path,
+                  reps: int) -> None:
     for row in rows:
         row.model_file = view.model_file(row.trial)
         if row.model_file is None:
@@ -132,10 +133,10 @@ def evaluate_rows(view: StudyView, rows: list[ModelRow], test, root: Path, figur
         model = evaluate.load_model(row.model_file)
         row.model_sha256 = sha256_file(row.model_file)
         pred = evaluate.test_predictions(row.model_file, row.model_sha256, row.trial.number, test, root, view.classes,
-                                         figures_dir, model=model)
+                                         figures_dir, model=model, groups=groups)
         row.predictions = pred
         row.test_accuracy = evaluate.accuracy(pred.y_true, pred.y_pred)
-        row.test_ci = evaluate.bootstrap_ci(pred.correct)
+        row.test_ci = evaluate.bootstrap_ci(pred.correct, pred.groups)
         row.macro_f1 = evaluate.macro_f1(pred.y_true, pred.y_pred, len(view.classes))
         row.latency = evaluate.measure_latency(model, repetitions=reps)
         _free(model)
@@ -242,7 +243,8 @@ def build_report(opts: ReportOptions) -> Report:
 
     test = test_images(view, root)  # listing TEST; pixels are read by evaluate_rows, once per model file
     rows = [ModelRow(t, _family(t)) for t in reported_trials(view, opts.top_k)]
-    evaluate_rows(view, rows, test, root, figures_dir, opts.latency_reps)
+    groups, groups_note = test_groups(view, test, root)
+    evaluate_rows(view, rows, test, groups, root, figures_dir, opts.latency_reps)
     points, untimed = pareto_points(view, rows, opts.latency_reps, opts.pareto_limit)
     front = pareto_front(points)
     quick = fastest_within(points, opts.within)
@@ -299,7 +301,8 @@ def build_report(opts: ReportOptions) -> Report:
     lines.append(f"- **Search**: model `{attrs.get('model')}`, pruner {attrs.get('pruner')}, "
                  f"budget spent {spent_seconds(view.study) / 60:.1f} min of trial time")
     lines.append(f"- **Trials**: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
-                 f"{states[TrialState.FAIL]} failed, {running} running")
+                 f"{states[TrialState.FAIL]} failed, {running} running"
+                 + (f", {states[TrialState.WAITING]} queued" if states[TrialState.WAITING] else ""))
     lines.append(f"- **Best trial**: {best_trial.number} ({best.family}), group-validation accuracy "
                  f"{pct(best.val_accuracy)} % at epoch {best_trial.user_attrs.get('best_epoch', 0) + 1}")
     lines.append(f"- **Best parameters** (searched and fixed): {_fmt_params(family_params(view, best_trial)[1])}")
@@ -307,7 +310,8 @@ def build_report(opts: ReportOptions) -> Report:
     lines += ["", "## Comparison", "",
               f"Best trial of every family searched and the top {opts.top_k} overall, ranked by group-validation "
               "accuracy (the only number used to choose). TEST accuracy with a bootstrap 95 % interval "
-              f"({evaluate.BOOTSTRAP_SAMPLES} resamples of the TEST images). Latency: CPU, batch 1, median "
+              f"({evaluate.BOOTSTRAP_SAMPLES} resamples of TEST's source groups — {groups_note} — since copies of "
+              "one cell are right or wrong together). Latency: CPU, batch 1, median "
               f"(inter-quartile range) of {opts.latency_reps} calls after warm-up.", "",
               "| trial | family | group-val acc % | TEST acc % [95 % CI] | macro-F1 | params | latency ms | train s |",
               "|---:|---|---:|---|---:|---:|---:|---:|"]
@@ -420,7 +424,7 @@ def build_report(opts: ReportOptions) -> Report:
                   "model_sha256": r.model_sha256} for r in rows],
         "best": best_details, "pareto": {"points": points, "front": front, "fastest_within": quick},
         "importances": importance_values, "figures": figs,
-        "bootstrap": {"samples": evaluate.BOOTSTRAP_SAMPLES, "seed": evaluate.BOOTSTRAP_SEED},
+        "bootstrap": {"samples": evaluate.BOOTSTRAP_SAMPLES, "seed": evaluate.BOOTSTRAP_SEED, "groups": groups_note},
     }
     report_path = out_dir / f"{view.name}.md"
     _write_atomic(figures_dir / "summary.json", json.dumps(summary, indent=1, default=str))

@@ -159,6 +159,32 @@ def test_images(view: StudyView, root: Path) -> ImageSet:
     return ImageSet(tuple(files), tuple(labels))
 
 
+def test_groups(view: StudyView, test: ImageSet, root: Path) -> tuple[list[str], str]:
+    """Source group of every TEST file under the study's grouping rule, and how they were found.
+
+    Copies of one source cell are right or wrong together, so the TEST
+    confidence interval resamples these groups. If the rule cannot be applied
+    to TEST (e.g. a CSV that lists TRAIN only), every file is its own group and
+    the report says so.
+    """
+    from data_pipeline.ingest import DataIndex
+    from data_pipeline.split import resolve_groups
+
+    described = str(view.attrs.get("split_rule") or "none")
+    if described.startswith("filename:"):
+        rule = described.removesuffix(" (auto)")
+    elif described.startswith("csv:"):
+        rule = described
+    else:
+        return [str(f) for f in test.files], "each file its own group (the study used no grouping rule)"
+    index = DataIndex(root, view.attrs.get("layout", "flat"), tuple(view.classes), test, None)
+    try:
+        groups = list(resolve_groups(rule, index, test).groups)
+    except DataError as exc:
+        return [str(f) for f in test.files], f"each file its own group ({str(exc)[:120]})"
+    return groups, f"{len(set(groups))} source groups by {rule}"
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

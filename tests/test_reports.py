@@ -138,6 +138,7 @@ def test_report_numbers_match_the_saved_predictions(tiny):
     for path in files:
         with np.load(path) as saved:
             y, probs, rel = saved["y_true"], saved["probs"], [str(f) for f in saved["files"]]
+            groups = [str(g) for g in saved["groups"]]
             trial_number = int(saved["trial"])
         # the predictions are TEST's, with TEST's labels…
         assert sorted(rel) == sorted(str(p.relative_to(tiny.root)) for p in tiny.test_dir.rglob("*.png"))
@@ -149,7 +150,10 @@ def test_report_numbers_match_the_saved_predictions(tiny):
         # and every number in the table row is recomputed from them
         pred = probs.argmax(1)
         acc = float((pred == y).mean())
-        low, high = evaluate.bootstrap_ci((pred == y).astype(float))
+        # TEST files are copies of source cells: the interval resamples the 6 source groups
+        assert groups == [f"class{label}/{Path(r).name.split('_')[1]}" for r, label in zip(rel, y)]
+        assert len(set(groups)) == 6
+        low, high = evaluate.bootstrap_ci((pred == y).astype(float), np.asarray(groups))
         f1 = f1_score(y, pred, average="macro", labels=[0, 1, 2], zero_division=0)
         val = view.trial(trial_number).value
         row = next(line for line in text.splitlines() if re.match(rf"^\| {trial_number}( ★)? \| cnn \|", line))
@@ -352,3 +356,16 @@ def test_pareto_front_and_fastest_within():
     assert pareto_front(points) == [1, 3, 0]
     assert fastest_within(points, 1.0)["trial"] == 3
     assert fastest_within(points, 0.0)["trial"] == 0
+
+
+def test_bootstrap_resamples_source_groups():
+    rng = np.random.default_rng(1)
+    per_group = rng.integers(0, 2, size=40).astype(float)  # 40 source cells, each right or wrong as a whole
+    correct = np.repeat(per_group, 25)  # 25 augmented copies of each
+    groups = np.repeat([f"g{i}" for i in range(40)], 25)
+    by_group = evaluate.bootstrap_ci(correct, groups)
+    # equal-sized groups: exactly the bootstrap of the 40 cells
+    assert by_group == evaluate.bootstrap_ci(per_group)
+    by_file = evaluate.bootstrap_ci(correct)  # what treating 1,000 copies as independent would claim
+    assert by_group[1] - by_group[0] > 3 * (by_file[1] - by_file[0])
+    assert by_group[0] <= correct.mean() <= by_group[1]
