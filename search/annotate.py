@@ -198,11 +198,15 @@ def evaluate_model_file(path: Path, data: SearchData) -> tuple[dict, float]:
     import keras
 
     model = keras.saving.load_model(path, safe_mode=True)
-    size = int(model.input_shape[1])
-    _, _, x_val, y_val = data.arrays(size)
-    probabilities = model.predict(x_val, batch_size=128, verbose=0)
-    metrics = class_metrics(np.asarray(y_val), np.argmax(probabilities, axis=1), list(data.classes))
-    latency = batch1_latency_ms(model, x_val[0])
+    try:
+        size = int(model.input_shape[1])
+        _, _, x_val, y_val = data.arrays(size)
+        probabilities = model.predict(x_val, batch_size=128, verbose=0)
+        metrics = class_metrics(np.asarray(y_val), np.argmax(probabilities, axis=1), list(data.classes))
+        latency = batch1_latency_ms(model, x_val[0])
+    finally:
+        del model
+        keras.backend.clear_session()  # as the objective does after each trial: free the graph
     return metrics, latency
 
 
@@ -297,12 +301,15 @@ class TrialAnnotator:
         try:
             self.annotate_running(trial, state, value)
         except Exception as exc:  # an annotation must never cost the trial
-            message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-            try:
-                trial.set_user_attr("annotation_error", message)
-            except Exception:
-                pass
-            self.warn(f"trial {trial.number}: dashboard annotation skipped ({message})")
+            self._record_error(trial, exc, "note")
+
+    def _record_error(self, trial: optuna.Trial, exc: Exception, what: str) -> None:
+        message = f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        try:
+            trial.set_user_attr("annotation_error", message)
+        except Exception:
+            pass
+        self.warn(f"trial {trial.number}: dashboard annotation incomplete ({message})")
 
     def annotate_running(self, trial: optuna.Trial, state: str, value: float | None) -> None:
         """Note, metrics, figures and latency for a trial that has just been scored (still RUNNING)."""
@@ -312,21 +319,28 @@ class TrialAnnotator:
         path = artifacts.model_path(self.studies_dir, trial.study.study_name, trial.number)
         if state == "COMPLETE" and path.is_file():
             model_file = path.name
-            metrics, latency = evaluate_model_file(path, self.data)
-            trial.set_user_attr("val_macro_f1", round(metrics["macro_f1"], 5))
-            trial.set_user_attr("latency_ms_batch1", round(latency, 3))
-            store = study_store(self.studies_dir, trial.study.study_name)
-            with tempfile.TemporaryDirectory(prefix="hematune-annotate-") as tmp:
-                png = Path(tmp) / "confusion-matrix-val.png"
-                confusion_png(metrics["confusion_matrix"], metrics["classes"],
-                              f"trial {trial.number} · group validation · acc {metrics['accuracy']:.3f}", png)
-                report = Path(tmp) / "metrics-val.json"
-                report.write_text(json.dumps({"trial": trial.number, "split": "group-validation", **metrics},
-                                             indent=1))
-                for file in (png, report):
-                    upload_artifact(artifact_store=store, file_path=str(file), study_or_trial=trial)
+            try:
+                metrics = self.evaluate(trial, path)
+            except Exception as exc:  # the note is still worth writing
+                self._record_error(trial, exc, "metrics")
         save_note(trial, trial_note(trial.number, state, value, trial.user_attrs, trial.params, metrics,
                                     model_file, self.keep_top))
+
+    def evaluate(self, trial: optuna.Trial, path: Path) -> dict:
+        """Validation metrics and latency of the trial's saved model, as user attributes and trial artifacts."""
+        metrics, latency = evaluate_model_file(path, self.data)
+        trial.set_user_attr("val_macro_f1", round(metrics["macro_f1"], 5))
+        trial.set_user_attr("latency_ms_batch1", round(latency, 3))
+        store = study_store(self.studies_dir, trial.study.study_name)
+        with tempfile.TemporaryDirectory(prefix="hematune-annotate-") as tmp:
+            png = Path(tmp) / "confusion-matrix-val.png"
+            confusion_png(metrics["confusion_matrix"], metrics["classes"],
+                          f"trial {trial.number} · group validation · acc {metrics['accuracy']:.3f}", png)
+            report = Path(tmp) / "metrics-val.json"
+            report.write_text(json.dumps({"trial": trial.number, "split": "group-validation", **metrics}, indent=1))
+            for file in (png, report):
+                upload_artifact(artifact_store=store, file_path=str(file), study_or_trial=trial)
+        return metrics
 
     def annotate_trial(self, study: optuna.Study, frozen_trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback (after the trial is stored): model artifacts follow the top-k."""

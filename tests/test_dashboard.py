@@ -26,7 +26,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna_dashboard import get_note, save_note
 
 from search import artifacts
-from search.annotate import annotate_study, study_artifacts, sync_model_artifacts
+from search.annotate import TrialAnnotator, annotate_study, study_artifacts, sync_model_artifacts
 from search.artifact_store import AtomicFileSystemArtifactStore, StudiesArtifactStore, store_dir
 from search.cli import main
 from search.dashboard import open_storage_for_dashboard
@@ -158,6 +158,39 @@ def test_study_note_is_written_once_and_never_overwritten():
     assert get_note(study) == "my own findings"
 
 
+def test_pruned_failed_and_unreadable_trials_still_get_a_note(tmp_path):
+    """The wrapper notes every outcome, and a broken model file costs the trial nothing."""
+    study = optuna.create_study(study_name="w", storage="sqlite:///:memory:", direction="maximize")
+    warnings: list[str] = []
+    annotator = TrialAnnotator(data=None, studies_dir=tmp_path, keep_top=3, warn=warnings.append)
+    broken = artifacts.model_path(tmp_path, "w", 2)
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a keras file")
+
+    def objective(trial):
+        trial.set_user_attr("family", "cnn")
+        trial.set_user_attr("val_accuracy_per_epoch", [0.5, 0.25])
+        trial.set_user_attr("val_loss_per_epoch", [1.0, 1.2])
+        trial.set_user_attr("best_epoch", 0)
+        if trial.number == 0:
+            trial.set_user_attr("prune_reason", "pruned at epoch 2: behind other trials")
+            raise optuna.TrialPruned()
+        if trial.number == 1:
+            trial.set_user_attr("fail_reason", "TrialFailed: loss became NaN")
+            raise RuntimeError("nan")
+        return 0.5
+
+    study.optimize(annotator.wrap(objective), n_trials=3, catch=(RuntimeError,))
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    notes = [get_note(optuna.Trial(study, t._trial_id)) for t in study.trials]
+    assert notes[0].startswith("## Trial 0 · `cnn` · PRUNED") and "behind other trials" in notes[0]
+    assert notes[1].startswith("## Trial 1 · `cnn` · FAIL") and "loss became NaN" in notes[1]
+    assert notes[2].startswith("## Trial 2 · `cnn` · COMPLETE") and "| 1 ★ | 0.5000 | 1.0000 |" in notes[2]
+    assert study.trials[2].user_attrs["annotation_error"].startswith("metrics: ")
+    assert len(warnings) == 1 and "trial 2" in warnings[0]
+
+
 def test_artifact_writes_are_whole_or_absent(tmp_path):
     store = AtomicFileSystemArtifactStore(tmp_path / "store")
     source = tmp_path / "model.bin"
@@ -217,7 +250,7 @@ def test_dashboard_in_a_real_browser(small_study, tmp_path):
         assert url.startswith("127.0.0.1:") and url.endswith(f"/dashboard/studies/{study._study_id}")
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page = browser.new_page(viewport={"width": 1920, "height": 1080})  # a common screen
             page.goto(f"http://{url}")
             expect(page.get_by_text(f"{STUDY} (id={study._study_id})").first).to_be_visible(timeout=60_000)
             expect(page.get_by_text("Study Artifacts")).to_be_visible()
@@ -294,6 +327,7 @@ def test_stopping_the_dashboard_never_breaks_a_running_search(tmp_path):
         if search.poll() is None:
             search.kill()
     output = "".join(lines)
+    print(f"dashboard stopped {cycle} times, {stopped_during_search} of them while the search ran")
     assert search.returncode == 0, output[-3000:]
     assert stopped_during_search >= 1
     assert "locked" not in output
