@@ -125,11 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet_backend_logs()
     args = build_parser().parse_args(argv)
     from search.errors import USER_ERRORS
+    from search.storage import STORAGE_ERRORS, describe_failure
 
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as exc:
         print(f"hematune: error: {exc}", file=sys.stderr)
+        return 2
+    except STORAGE_ERRORS as exc:  # the database failed mid-run: server gone, disk full, read-only (search/storage.py)
+        print(f"hematune: error: {describe_failure(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hematune: interrupted: the running trial was recorded as failed; "

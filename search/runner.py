@@ -23,6 +23,7 @@ from search.annotate import TrialAnnotator, annotate_study
 from search.data import SearchData, prepare, write_manifest
 from search.errors import SearchConfigError
 from search.objective import SearchContext, objective
+from search import preflight
 from search.progress import TerminalReporter
 from search.space import SearchSpace, load_space
 from search.storage import open_storage  # noqa: F401 — also imported from here by reports
@@ -182,6 +183,7 @@ def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, c
     logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
     # a joining worker passes the space stored on the study (search/workers.py)
     space = space or load_space(config.model, space_file=config.space_file, fixed=config.fixed)
+    preflight.check(space, config.weights)  # before any study is created or touched
     data = prepare(config.data, groups=config.groups, val_fraction=config.val_fraction, seed=config.seed)
     max_epochs = _max_epochs(config, space)
     storage = open_storage(config.storage_url())

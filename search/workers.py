@@ -122,6 +122,7 @@ def create_or_check_study(config):
     import optuna
 
     from search.data import prepare
+    from search import preflight
     from search.runner import _max_epochs, check_config, open_study
     from search.space import load_space
     from search.storage import open_storage
@@ -129,6 +130,7 @@ def create_or_check_study(config):
     check_config(config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(config.model, space_file=config.space_file, fixed=config.fixed)
+    preflight.check(space, config.weights)
     data = prepare(config.data, groups=config.groups, val_fraction=config.val_fraction, seed=config.seed)
     return open_study(config, open_storage(config.storage_url()), data, space, _max_epochs(config, space))
 
