@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from search.environment import quiet_backend_logs
+quiet_backend_logs()  # before anything imports TensorFlow
 
 
 def _positive_int(text: str) -> int:
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except STORAGE_ERRORS as exc:  # the database failed mid-run: server gone, disk full, read-only (search/storage.py)
         print(f"hematune: error: {describe_failure(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, file too large, permission denied: the file and the reason, no traceback
+        where = exc.filename2 or exc.filename  # a copy names its source first; the write failed at the target
+        print(f"hematune: error: {f'{where}: ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hematune: interrupted: the running trial was recorded as failed; "

@@ -57,6 +57,11 @@ class SearchData:
             self._arrays[size] = tuple(parts)
         return self._arrays[size]
 
+    def chance_level(self) -> float:
+        """Validation accuracy of always guessing the commonest class."""
+        labels = np.asarray(self.split.val.labels)
+        return float(np.bincount(labels).max() / len(labels))
+
     def summary(self) -> dict:
         """What the study records about its data."""
         counts = lambda images: {c: int(sum(1 for l in images.labels if l == i)) for i, c in enumerate(self.classes)}

@@ -117,7 +117,9 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
     if reporter.stop_reason == "nan":
         raise TrialFailed(f"loss became NaN at epoch {len(history)} (learning rate {params['learning_rate']:.2g} too high?)")
     if reporter.stop_reason == "pruned":
-        reason = f"pruned at epoch {len(history)}: val_accuracy {history[-1]['val_accuracy']:.3f} behind other trials"
+        why = getattr(trial.study.pruner, "why", lambda values: "behind other trials at the same epoch")
+        reason = (f"pruned at epoch {len(history)}: val_accuracy {history[-1]['val_accuracy']:.3f} "
+                  f"{why([h['val_accuracy'] for h in history])}")
         trial.set_user_attr("prune_reason", reason)
         raise optuna.TrialPruned(reason)
     if reporter.stop_reason == "deadline":

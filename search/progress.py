@@ -77,6 +77,8 @@ class TerminalReporter:
         state = trial.state.name.lower()
         if trial.state == optuna.trial.TrialState.COMPLETE:
             detail = f"val_acc {trial.value:.4f} at epoch {trial.user_attrs.get('best_epoch', 0) + 1}"
+            if "stopped_by" in trial.user_attrs:
+                detail += f" ({trial.user_attrs['stopped_by']})"
         elif trial.state == optuna.trial.TrialState.PRUNED:
             detail = trial.user_attrs.get("prune_reason", "pruned")
         else:

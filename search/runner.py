@@ -25,11 +25,11 @@ from search.errors import SearchConfigError
 from search.objective import SearchContext, objective
 from search import preflight
 from search.progress import TerminalReporter
+from search.pruning import PRUNERS, make_pruner
 from search.space import SearchSpace, load_space
 from search.storage import open_storage  # noqa: F401 — also imported from here by reports
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-PRUNERS = ("hyperband", "median", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -78,14 +78,6 @@ def check_config(config: SearchConfig) -> None:
         raise SearchConfigError(f"PRUNER={config.pruner}: choose one of {', '.join(PRUNERS)}")
 
 
-def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3)
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    return optuna.pruners.NopPruner()
-
-
 def _max_epochs(config: SearchConfig, space: SearchSpace) -> int:
     if config.max_epochs:
         return config.max_epochs
@@ -116,7 +108,8 @@ def open_study(config: SearchConfig, storage: RDBStorage, data: SearchData, spac
     sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=sampler_seed,
                                          n_startup_trials=5, constant_liar=True)
     study = optuna.create_study(study_name=config.study_name(), storage=storage, direction="maximize",
-                                sampler=sampler, pruner=make_pruner(config.pruner, max_epochs), load_if_exists=True)
+                                sampler=sampler, pruner=make_pruner(config.pruner, max_epochs, data.chance_level()),
+                                load_if_exists=True)
     _check_resume(study, data, space)
     if not study.user_attrs.get("space_fingerprint"):
         manifest_path = Path(config.studies_dir) / "splits" / f"{study.study_name}.json"
