@@ -187,7 +187,9 @@ def fastest_within(points: list[dict], points_below_best: float) -> dict | None:
     return min(ok, key=lambda p: p["latency_ms"])
 
 
-def _importances(study: optuna.Study) -> tuple[dict[str, float], str]:
+def _importances(study: optuna.Study, completed: list[FrozenTrial]) -> tuple[dict[str, float], str]:
+    if len({t.value for t in completed}) < 2:
+        return {}, "every completed trial has the same validation accuracy, so no parameter explains any of it"
     try:
         values = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
@@ -261,7 +263,7 @@ def build_report(opts: ReportOptions) -> Report:
     figures.optimization_history([t.number for t in completed], [float(t.value) for t in completed],
                                  [_family(t) for t in completed], figures_dir / "optimization-history.png")
     fig_name("optimization-history.png")
-    importance_values, importance_note = _importances(view.study)
+    importance_values, importance_note = _importances(view.study, completed)
     if importance_values:
         figures.importances(importance_values, figures_dir / "param-importances.png")
         fig_name("param-importances.png")
