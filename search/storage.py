@@ -128,9 +128,6 @@ def _tune_sqlite(storage: RDBStorage) -> None:
     def _begin_immediate(connection):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-    with storage.engine.begin() as connection:  # a read-only file or folder fails here, not mid-search
-        connection.exec_driver_sql("UPDATE version_info SET library_version = library_version")
-
 
 STORAGE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
@@ -140,8 +137,8 @@ def describe_failure(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (f"the study storage failed ({text[:200]}); finished trials are stored, the running one is "
-            "recovered by its heartbeat: fix the storage and re-run to resume")
+    return (f"the study storage failed ({text[:200]}); what was stored before is intact: "
+            "fix the storage (server, disk space, permissions) and re-run to resume")
 
 
 def open_storage(url: str) -> RDBStorage:

@@ -331,6 +331,68 @@ def test_read_only_studies_folder_is_refused_in_one_line(existing, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("hematune")]
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    assert len(lines) == 1 and re.search(r"STORAGE=.*cannot open the study database", lines[0]), lines
+    assert len(lines) == 1 and re.search(r"STORAGE=.*cannot open the study database|the study storage failed \(.*readonly",
+                                          lines[0]), lines
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in studies.rglob("*") if p.is_file()}
     assert after == before  # nothing written, nothing changed
+
+
+# --- a full disk while promoting a release: one line, no partial version, the next promote is whole ------
+
+def _file_size_limit(limit: int):
+    def apply() -> None:  # runs in the child: writes past `limit` bytes fail with EFBIG, as on a full disk
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_full_disk_during_promote_leaves_no_release(world, tmp_path):
+    releases = tmp_path / "releases"
+    before = snapshot(world)
+    promote = [sys.executable, "-m", "search", "promote", "--study", "base", "--studies-dir", str(world.studies),
+               "--releases-dir", str(releases), "--reports-dir", str(tmp_path / "reports")]
+    env = {**os.environ, "HEMATUNE_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    model = max(p.stat().st_size for p in (world.studies / "artifacts" / "base").glob("trial-*.keras"))
+    proc = subprocess.run(promote, cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=_file_size_limit(model // 2))  # the database fits, the model does not
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("hematune")]
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and re.search(r"hematune: error: .*model.keras: File too large", lines[0]), lines
+    assert not list(releases.glob("*/v*"))  # no version, not even a partial one
+    assert snapshot(world) == before
+    # the next promote, with room, is whole and verifies; the dead attempt's leftovers are swept
+    proc = subprocess.run(promote, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    names = sorted(p.name for p in (releases / "base").iterdir())
+    assert "v1" in names and not [n for n in names if n.startswith(".")], names
+    assert main(["verify", str(releases / "base" / "v1")]) == 0
+
+
+# --- ImageNet weights missing on an offline machine: each trial fails with the fix, the run stops in one line ---
+
+def test_missing_imagenet_weights_offline_stop_in_one_line(tmp_path):
+    data, studies = tiny_dataset(tmp_path / "cells"), tmp_path / "studies"
+    keras_home = tmp_path / "keras-home"  # empty: no weights cached
+    keras_home.mkdir()
+    offline = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+               "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "no_proxy": ""}
+    env = {**os.environ, **offline, "KERAS_HOME": str(keras_home), "HEMATUNE_CACHE": str(tmp_path / "cache"),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "search", "search", "--data", str(data), "--studies-dir",
+                           str(studies), "--study", "offline", "--model", "mobilenet", "--trials", "1",
+                           "--max-epochs", "1", "--fix", "version=v1", "--fix", "alpha_v1=0.25",
+                           "--fix", "image_size=96"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("hematune")]
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1, lines
+    assert re.search(r"stopped after 3 failed trials in a row; last: ModelConfigError: MobileNet\(alpha=0.25\): "
+                     r"ImageNet weights not found offline; place mobilenet_2_5_224_tf_no_top.h5 in .*keras-home/models/",
+                     lines[0]), lines[0]
+    study = optuna.load_study(study_name="offline", storage=f"sqlite:///{studies / 'hematune.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3  # recorded, with the reason
+    assert all("ImageNet weights not found offline" in t.user_attrs["fail_reason"] for t in study.trials)
