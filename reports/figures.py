@@ -59,8 +59,13 @@ def reliability(bins: list[dict], ece: float, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
-def optimization_history(numbers: list[int], values: list[float], families: list[str], path: Path) -> Path:
+def optimization_history(numbers: list[int], values: list[float], families: list[str], path: Path,
+                         pruned: list[tuple[int, float]] = ()) -> Path:
+    """Completed trials by family, the best-so-far line, and pruned trials at their last reported accuracy."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    if pruned:
+        ax.scatter([n for n, _ in pruned], [v for _, v in pruned], marker="x", s=18, color="grey",
+                   label="pruned (last epoch reported)")
     for family in sorted(set(families)):
         pts = [(n, v) for n, v, f in zip(numbers, values, families) if f == family]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, label=family)
@@ -70,7 +75,7 @@ def optimization_history(numbers: list[int], values: list[float], families: list
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("group-validation accuracy")
-    ax.set_title("Optimization history (completed trials)")
+    ax.set_title("Optimization history")
     ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -260,8 +260,10 @@ def build_report(opts: ReportOptions) -> Report:
         figs[name] = f"{view.name}/{name}"
         return figs[name]
 
+    pruned = [(t.number, float(t.intermediate_values[max(t.intermediate_values)]))
+              for t in view.trials(TrialState.PRUNED) if t.intermediate_values]
     figures.optimization_history([t.number for t in completed], [float(t.value) for t in completed],
-                                 [_family(t) for t in completed], figures_dir / "optimization-history.png")
+                                 [_family(t) for t in completed], figures_dir / "optimization-history.png", pruned)
     fig_name("optimization-history.png")
     importance_values, importance_note = _importances(view.study, completed)
     if importance_values:
