@@ -3,7 +3,8 @@
 * `EpochReporter` — reports group-validation accuracy to Optuna every epoch,
   stops at once when the pruner says so, and keeps the best epoch's weights
   (small augmented sets swing a lot between epochs, so the trial is scored and
-  saved at its best epoch, not its last). Also stops on a NaN loss and at the
+  saved at its best epoch, not its last). Also stops on a NaN loss, a model
+  that is not learning at all (`search.pruning.not_learning`) and at the
   study's wall-clock deadline.
 * `BatchProgress` — a live progress bar on a terminal; silent otherwise.
 """
@@ -15,20 +16,23 @@ import time
 import keras
 import optuna
 
+from search.pruning import not_learning
+
 METRIC = "val_accuracy"  # what Keras 3 logs for metrics=["accuracy"] on validation data
 
 
 class EpochReporter(keras.callbacks.Callback):
-    def __init__(self, trial: optuna.Trial, *, deadline: float | None, on_epoch=None):
+    def __init__(self, trial: optuna.Trial, *, deadline: float | None, chance: float | None = None, on_epoch=None):
         super().__init__()
         self.trial = trial
+        self.chance = chance  # training accuracy of always guessing the commonest class
         self.deadline = deadline
         self.on_epoch = on_epoch  # callable(epoch, logs, reporter) for terminal output
         self.history: list[dict] = []
         self.best_value = -math.inf
         self.best_epoch: int | None = None
         self.best_weights = None
-        self.stop_reason: str | None = None  # "pruned", "nan", "deadline"
+        self.stop_reason: str | None = None  # "pruned", "not_learning", "nan", "deadline"
         self._started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -50,6 +54,8 @@ class EpochReporter(keras.callbacks.Callback):
             self.trial.report(value, step=epoch)
             if self.trial.should_prune():
                 self.stop_reason = "pruned"
+            elif self.chance is not None and not_learning([h["accuracy"] for h in self.history], self.chance):
+                self.stop_reason = "not_learning"
             elif self.deadline is not None and time.time() >= self.deadline:
                 self.stop_reason = "deadline"
         if self.on_epoch is not None:

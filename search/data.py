@@ -58,8 +58,8 @@ class SearchData:
         return self._arrays[size]
 
     def chance_level(self) -> float:
-        """Validation accuracy of always guessing the commonest class."""
-        labels = np.asarray(self.split.val.labels)
+        """Training accuracy of always guessing the commonest class."""
+        labels = np.asarray(self.split.train.labels)
         return float(np.bincount(labels).max() / len(labels))
 
     def summary(self) -> dict:

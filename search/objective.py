@@ -84,7 +84,7 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
     y_train_1h = keras.utils.to_categorical(y_train, num_classes)
     y_val_1h = keras.utils.to_categorical(y_val, num_classes)
     batch_size = int(params.get("batch_size", 32))
-    reporter = EpochReporter(trial, deadline=ctx.deadline,
+    reporter = EpochReporter(trial, deadline=ctx.deadline, chance=ctx.data.chance_level(),
                              on_epoch=ctx.reporter.epoch_ended if ctx.reporter else None)
     callbacks = [reporter] + (ctx.reporter.batch_callbacks(len(x_train), batch_size) if ctx.reporter else [])
     for first, end, lr, fraction in _phases(params, built, max_epochs):
@@ -116,10 +116,10 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
 
     if reporter.stop_reason == "nan":
         raise TrialFailed(f"loss became NaN at epoch {len(history)} (learning rate {params['learning_rate']:.2g} too high?)")
-    if reporter.stop_reason == "pruned":
-        why = getattr(trial.study.pruner, "why", lambda values: "behind other trials at the same epoch")
-        reason = (f"pruned at epoch {len(history)}: val_accuracy {history[-1]['val_accuracy']:.3f} "
-                  f"{why([h['val_accuracy'] for h in history])}")
+    if reporter.stop_reason in ("pruned", "not_learning"):
+        why = ("behind other trials at the same epoch" if reporter.stop_reason == "pruned" else
+               f"not learning: training accuracy at the commonest-class rate ({ctx.data.chance_level():.3f})")
+        reason = f"pruned at epoch {len(history)}: val_accuracy {history[-1]['val_accuracy']:.3f}, {why}"
         trial.set_user_attr("prune_reason", reason)
         raise optuna.TrialPruned(reason)
     if reporter.stop_reason == "deadline":
@@ -139,15 +139,6 @@ def objective(ctx: SearchContext):
         try:
             return run_trial(trial, ctx)
         except optuna.TrialPruned:
-            raise
-        except KeyboardInterrupt:  # Ctrl-C / SIGINT: Optuna marks the trial FAIL; say why, run its params again
-            from search.storage import queue_retry
-
-            requeued = queue_retry(trial.study, trial.number, trial.params, trial.distributions,
-                                   list(trial.user_attrs.get("retry_history", [])),
-                                   f"trial {trial.number} was interrupted (Ctrl-C or SIGINT)")
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGINT)" + (
-                "; its parameters run again first when the study resumes" if requeued else ""))
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]

@@ -1,12 +1,12 @@
-"""Pruners: Optuna's Hyperband (default) or median rule, plus a chance-level guard.
+"""Pruners: Optuna's Hyperband (default) or median rule — and a not-learning stop.
 
 Hyperband compares a trial only with others in its own bracket, so in the
 first trials of a small CPU budget it has nothing to compare with and lets a
-dead model (stuck at chance, as a CNN without batch-norm at too high a
-learning rate often is) train to its epoch cap. The guard stops a trial whose
-validation accuracy has stayed at the majority-class rate — what always
-guessing the commonest class scores — for ``patience`` epochs, whatever the
-bracket; everything else is the wrapped pruner's decision.
+dead model (a CNN without batch-norm at too high a learning rate often never
+leaves the majority-class rate, even on its training data) train to its epoch
+cap. `not_learning` spots such a model from its *training* accuracy, which a
+merely slow-to-generalise model (validation at chance for a few epochs while
+batch-norm statistics settle) does not trip.
 """
 from __future__ import annotations
 
@@ -14,34 +14,17 @@ import optuna
 
 PRUNERS = ("hyperband", "median", "none")
 CHANCE_MARGIN = 0.02  # within two points of guessing counts as guessing
-CHANCE_PATIENCE = 3  # epochs
+NOT_LEARNING_EPOCHS = 3
 
 
-class ChanceLevelPruner(optuna.pruners.BasePruner):
-    def __init__(self, base: optuna.pruners.BasePruner, chance: float, patience: int = CHANCE_PATIENCE):
-        self.base, self.chance, self.patience = base, chance, patience
-
-    def at_chance(self, values) -> bool:
-        values = list(values)
-        return len(values) >= self.patience and max(values) <= self.chance + CHANCE_MARGIN
-
-    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        if self.at_chance(trial.intermediate_values.values()):
-            return True
-        return self.base.prune(study, trial)
-
-    def why(self, values) -> str:
-        if self.at_chance(values):
-            return f"no better than always guessing the commonest class ({self.chance:.3f}) for {len(list(values))} epochs"
-        return "behind other trials at the same epoch"
-
-
-def make_pruner(name: str, max_epochs: int, chance: float) -> optuna.pruners.BasePruner:
-    """PRUNER= → pruner; ``chance`` is the validation set's majority-class rate."""
-    if name == "none":
-        return optuna.pruners.NopPruner()
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     if name == "hyperband":
-        base = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3)
-    else:
-        base = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    return ChanceLevelPruner(base, chance)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def not_learning(train_accuracies: list[float], chance: float, epochs: int = NOT_LEARNING_EPOCHS) -> bool:
+    """True when training accuracy has stayed at the majority-class rate for ``epochs`` epochs."""
+    return len(train_accuracies) >= epochs and max(train_accuracies) <= chance + CHANCE_MARGIN

@@ -27,7 +27,7 @@ from search import preflight
 from search.progress import TerminalReporter
 from search.pruning import PRUNERS, make_pruner
 from search.space import SearchSpace, load_space
-from search.storage import open_storage  # noqa: F401 — also imported from here by reports
+from search.storage import open_storage, retry_when_interrupted  # open_storage is also imported from here by reports
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -108,8 +108,7 @@ def open_study(config: SearchConfig, storage: RDBStorage, data: SearchData, spac
     sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=sampler_seed,
                                          n_startup_trials=5, constant_liar=True)
     study = optuna.create_study(study_name=config.study_name(), storage=storage, direction="maximize",
-                                sampler=sampler, pruner=make_pruner(config.pruner, max_epochs, data.chance_level()),
-                                load_if_exists=True)
+                                sampler=sampler, pruner=make_pruner(config.pruner, max_epochs), load_if_exists=True)
     _check_resume(study, data, space)
     if not study.user_attrs.get("space_fingerprint"):
         manifest_path = Path(config.studies_dir) / "splits" / f"{study.study_name}.json"
@@ -211,7 +210,7 @@ def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, c
     failures = _StopAfterFailures(config.max_consecutive_failures)
     annotator = TrialAnnotator(data, Path(config.studies_dir), config.keep_top, warn=reporter.line)
     study.optimize(
-        annotator.wrap(objective(ctx)), n_trials=None, timeout=remaining_time, catch=(Exception,), gc_after_trial=True,
+        retry_when_interrupted(annotator.wrap(objective(ctx))), n_trials=None, timeout=remaining_time, catch=(Exception,), gc_after_trial=True,
         callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=FINISHED), reporter.trial_finished, failures,
                    annotator.annotate_trial],
     )

@@ -112,6 +112,7 @@ def test_a_run_built_to_prune_prunes(make_dataset, tmp_path):
     for trial in pruned:
         assert trial.params["learning_rate"] == 1e-7
         assert trial.user_attrs["epochs_trained"] < 4 and "pruned at epoch" in trial.user_attrs["prune_reason"]
+    assert any("behind other trials" in t.user_attrs["prune_reason"] for t in pruned)  # the median rule fired
 
 
 def test_mobilenet_fine_tuning_with_offline_imagenet_weights(reference_slice, tmp_path, offline_mobilenet_weights):
