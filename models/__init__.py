@@ -2,9 +2,6 @@
 
 Knows nothing of data files or studies. `models.registry` maps MODEL= names to
 families; every family exposes ``build(params, *, num_classes, image_size,
-weights, seed) -> BuiltModel``.
+weights, seed) -> BuiltModel``. Nothing is imported here, so ``models.errors``
+can be used without loading Keras.
 """
-from models.common import BuiltModel, ModelConfigError
-from models.registry import FAMILIES, build_model, family_names
-
-__all__ = ["BuiltModel", "ModelConfigError", "FAMILIES", "build_model", "family_names"]

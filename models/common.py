@@ -16,10 +16,7 @@ import keras
 import numpy as np
 
 from data_pipeline.augment import build_augmentation
-
-
-class ModelConfigError(ValueError):
-    """A model setting that cannot work (bad weights path, missing weights, image too small…)."""
+from models.errors import ModelConfigError  # noqa: F401 - re-exported for the families
 
 
 @dataclass

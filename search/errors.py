@@ -1,6 +1,9 @@
-"""Errors the CLI turns into one line and a non-zero exit, without a traceback."""
+"""Errors the CLI turns into one line and a non-zero exit, without a traceback.
+
+Imports no backend: code that only opens a storage can use these cheaply.
+"""
 from data_pipeline.errors import DataError
-from models.common import ModelConfigError
+from models.errors import ModelConfigError
 
 
 class SearchConfigError(ValueError):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from data_pipeline.augment import build_augmentation
-from models import ModelConfigError, build_model
+from models.errors import ModelConfigError
+from models.registry import build_model
 from models.common import caffe_preprocessing, unfreeze_top
 
 SMALL = {
