@@ -23,6 +23,7 @@ NAME       ?=
 CHAMPION   ?=
 PORT       ?= 8080
 WORKERS    ?=
+QUICK      ?=
 
 opt = $(if $(strip $(2)),$(1) "$(strip $(2))")
 
@@ -37,6 +38,7 @@ help:
 	@echo "make export STUDY=… [TRIAL=best|N]         best model → exports/<study>/model.keras + labels, preprocessing"
 	@echo "make promote STUDY=… [TRIAL=] [NAME=] [CHAMPION=1]  versioned release → releases/<name>/v<N>/"
 	@echo "make test                                   run the test suite"
+	@echo "make bench [QUICK=1]                        benchmarks side by side → reports/bench.md (≤ 60 min; QUICK: minutes)"
 
 install: $(STAMP)
 
@@ -77,3 +79,8 @@ promote: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# benchmarks are measurements, not tests: no timing is asserted anywhere (bench/)
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(if $(filter 1 yes true,$(QUICK)),--quick)

@@ -1,0 +1,65 @@
+"""How big each benchmark is: the full run (≤ 60 min on 2 CPU cores) and QUICK (a few minutes).
+
+All sizes live here so the report can print exactly what was run, and so
+the budget of a full run can be reasoned about in one place.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# One fixed, mid-sized configuration of the default CNN space (studies/spaces/cnn.yaml) for the
+# pipeline-overhead section: every parameter fixed, so both arms train exactly the same model.
+OVERHEAD_PARAMS = {
+    "image_size": 48, "learning_rate": 1.0e-3, "aug_strength": 0.3, "batch_size": 64, "weight_decay": 1.0e-4,
+    "label_smoothing": 0.05, "blocks": 3, "base_width": 16, "kernel_size": 3, "batch_norm": True, "dropout": 0.2,
+    "dense_units": 64,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    # Section 1 — pipeline overhead, on the full reference TRAIN (QUICK: the subsample)
+    overhead_epochs: int = 3  # per repetition; epochs 2.. are the steady-state epochs
+    overhead_reps: int = 3
+    decode_cold_reps: int = 2
+    decode_warm_reps: int = 5
+    overhead_full_train: bool = True
+    # The subsample of TRAIN used by sections 2–4: every source group kept, at most this many
+    # augmented copies of each (groups stay whole on one side of the split)
+    files_per_group: int = 4
+    groups_per_class: int | None = None  # None: all groups
+    # FIX=image_size for sections 2–4: one decoded array for every method; 32 px (below the space's 48/64)
+    # so that 12 budgeted searches fit in ~20 minutes on 2 cores
+    search_image_size: int = 32
+    search_max_epochs: int = 9  # per trial; Hyperband brackets 1, 3, 9 epochs with reduction factor 3
+    # Section 2 — pruning
+    pruning_trials: int = 10
+    pruning_seeds: tuple[int, ...] = (0,)
+    # Section 3 — hematune vs KerasTuner, same wall budget per run
+    tuner_budget_s: float = 90.0
+    tuner_seeds: tuple[int, ...] = (0, 1, 2)
+    target_fraction: float = 0.95  # target = this × the best group-val accuracy any run reached
+    # Section 4 — leaky split search, same budget as one section-3 run
+    leaky_seeds: tuple[int, ...] = (0,)
+    # Section 5 — inference
+    latency_reps: int = 30
+    throughput_reps: int = 5
+    throughput_batch: int = 64
+    family_image_size: int = 96  # the smallest size in the backbone spaces (CPU-sized)
+    families: tuple[str, ...] = field(default=("cnn", "mobilenet", "efficientnet", "resnet", "vgg"))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+FULL = Settings(quick=False)
+
+QUICK = Settings(
+    quick=True,
+    overhead_epochs=2, overhead_reps=2, decode_cold_reps=1, decode_warm_reps=2, overhead_full_train=False,
+    files_per_group=2, groups_per_class=10, search_image_size=32, search_max_epochs=3,
+    pruning_trials=4, pruning_seeds=(0,),
+    tuner_budget_s=12.0, tuner_seeds=(0, 1), leaky_seeds=(0,),
+    latency_reps=5, throughput_reps=2, throughput_batch=16, family_image_size=64,
+)
