@@ -23,13 +23,13 @@ MAX_HUE = 0.05
 def build_augmentation(strength: float, seed: int = 0) -> keras.layers.Layer:
     """A Sequential of random layers for images in the 0–255 range.
 
-    ``strength == 0`` gives an Identity layer of the same name, so every model
+    ``strength == 0`` gives an identity block of the same name, so every model
     has an ``augmentation`` layer whatever the trial chose.
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"aug_strength={strength}: must be between 0 and 1")
     if strength == 0:
-        return keras.layers.Identity(name="augmentation")
+        return keras.Sequential([keras.layers.Identity()], name="augmentation")
     s = float(strength)
     return keras.Sequential(
         [

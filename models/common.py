@@ -18,6 +18,8 @@ import numpy as np
 from data_pipeline.augment import build_augmentation
 from models.errors import ModelConfigError  # noqa: F401 - re-exported for the families
 
+AUGMENTATION = "augmentation"  # the layer name build_augmentation gives its block
+
 
 @dataclass
 class BuiltModel:
@@ -87,6 +89,22 @@ def assemble(
         x = keras.layers.Dense(head_units, activation="relu", name="head_dense")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def without_augmentation(model: keras.Model) -> keras.Model:
+    """The same model (shared weights) with its augmentation block replaced by an identity.
+
+    Keras random layers default to training mode on a bare ``model(x)`` call,
+    so a saved model that kept them would augment a user's images unless they
+    remembered ``training=False``. Files hematune saves are for inference:
+    they carry no augmentation at all.
+    """
+    def swap(layer):
+        if layer.name == AUGMENTATION:
+            return keras.Sequential([keras.layers.Identity()], name=AUGMENTATION)
+        return layer
+
+    return keras.models.clone_model(model, clone_function=swap)
 
 
 def resolve_weights(weights: str, family: str) -> tuple[str | None, str]:

@@ -16,6 +16,8 @@ from pathlib import Path
 import keras
 import optuna
 
+from models.common import without_augmentation
+
 TMP_MAX_AGE_S = 6 * 3600  # a temporary file older than this belongs to a dead process
 _TRIAL_FILE = re.compile(r"^trial-(\d+)\.keras$")
 
@@ -47,7 +49,7 @@ def save_if_top(study: optuna.Study, studies_dir: Path, trial_number: int, value
     if trial_number in top:
         saved = model_path(studies_dir, study.study_name, trial_number)
         tmp = saved.with_name(f".{saved.stem}.tmp-{os.getpid()}.keras")
-        model.save(tmp)
+        without_augmentation(model).save(tmp)  # an inference file: no random layers left to misfire
         os.replace(tmp, saved)
     running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
     sweep(folder, top | running)  # a running trial of another worker may be about to finish in the top

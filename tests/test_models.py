@@ -7,7 +7,7 @@ import pytest
 from data_pipeline.augment import build_augmentation
 from models.errors import ModelConfigError
 from models.registry import build_model
-from models.common import caffe_preprocessing, unfreeze_top
+from models.common import caffe_preprocessing, unfreeze_top, without_augmentation
 
 SMALL = {
     "cnn": {"blocks": 2, "base_width": 8, "dense_units": 16},
@@ -105,3 +105,13 @@ def test_caffe_preprocessing_is_bgr_minus_mean():
     x = np.array([[[[10.0, 20.0, 30.0]]]], dtype="float32")
     out = np.asarray(layer(x))[0, 0, 0]
     np.testing.assert_allclose(out, [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-5)
+
+
+def test_saved_inference_model_has_no_augmentation_even_on_a_bare_call(tmp_path):
+    built = build_model("cnn", {"blocks": 2, "base_width": 8, "aug_strength": 1.0}, num_classes=3, image_size=32)
+    x = np.random.default_rng(4).integers(0, 255, (2, 32, 32, 3)).astype("float32")
+    assert not np.allclose(np.asarray(built.model(x)), np.asarray(built.model(x)))  # keras: bare call augments
+    path = tmp_path / "inference.keras"
+    without_augmentation(built.model).save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(np.asarray(loaded(x)), built.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
