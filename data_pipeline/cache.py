@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,6 +85,33 @@ def cache_key(images: ImageSet, size: int) -> str:
     return f"{digest.hexdigest()[:20]}-{size}px"
 
 
+DEAD_WRITER_AGE_S = 3600  # a temporary file untouched this long, of a process gone from this machine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_dead_writers(cache_dir: Path) -> None:
+    """Remove temporary files of decoders killed mid-write (kill -9, power loss): one per crash, as large as
+    the data set, they would pile up. The age guard spares a live writer on another machine sharing the folder."""
+    now = time.time()
+    for leftover in cache_dir.glob("*.tmp-*"):
+        pid = leftover.name.rpartition(".tmp-")[2]
+        try:
+            stale = now - leftover.stat().st_mtime > DEAD_WRITER_AGE_S
+        except FileNotFoundError:
+            continue
+        if pid.isdigit() and stale and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
 def load_or_decode(
     images: ImageSet,
     size: int,
@@ -105,6 +133,7 @@ def load_or_decode(
         pixels = np.load(array_path, mmap_mode="r")
         return DecodedImages(pixels, labels, np.asarray(meta["usable"], bool), meta["problems"], True)
 
+    sweep_dead_writers(cache_dir)
     tmp_suffix = f".tmp-{os.getpid()}"
     tmp_array = cache_dir / f"{key}.npy{tmp_suffix}"
     pixels = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3))

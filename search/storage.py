@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -44,6 +45,7 @@ HEARTBEAT_S, GRACE_S = 20, 90
 SQLITE_WAIT_S = 60  # how long a transaction waits for another worker's write lock
 PG_CONNECT_TIMEOUT_S = 10  # an unreachable server fails in seconds, not minutes
 MAX_RETRY = 1  # a lost or interrupted trial is run again once
+CREATE_RACE_ATTEMPTS = 4
 
 
 def SearchConfigError(message: str) -> Exception:  # noqa: N802 — raised like the class it returns
@@ -88,6 +90,22 @@ def queue_retry(study: optuna.Study, number: int, params: dict, distributions: d
         system_attrs={"failed_trial": history[0], "retry_history": history},  # as Optuna's retry callback
     ))
     return True
+
+
+def retry_when_interrupted(objective):
+    """Wrap the outermost objective: on Ctrl-C, SIGINT (or a worker's SIGTERM) the trial says why it failed
+    and its parameters are queued to run first when the study resumes; Optuna then marks it FAIL."""
+    def _objective(trial: optuna.Trial) -> float:
+        try:
+            return objective(trial)
+        except KeyboardInterrupt:
+            requeued = queue_retry(trial.study, trial.number, trial.params, trial.distributions,
+                                   list(trial.user_attrs.get("retry_history", [])),
+                                   f"trial {trial.number} was interrupted (Ctrl-C or SIGINT)")
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGINT)" + (
+                "; its parameters run again first when the study resumes" if requeued else ""))
+            raise
+    return _objective
 
 
 class RetryLostTrial:
@@ -165,15 +183,23 @@ def open_storage(url: str) -> RDBStorage:
     elif backend == "postgresql":
         parsed = _with_installed_driver(parsed)
         engine_kwargs = {"connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9; we rely on them
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
-                                 heartbeat_interval=heartbeat, grace_period=grace,
-                                 heartbeat_stale_trial_callback=RetryLostTrial(grace))
-        if backend == "sqlite":
-            _tune_sqlite(storage)
-        return storage
-    except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SearchConfigError(f"STORAGE={_redacted(url)}: cannot open the study database ({reason[:200]})") from None
+    for attempt in range(CREATE_RACE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9; we rely on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
+                                     heartbeat_interval=heartbeat, grace_period=grace,
+                                     heartbeat_stale_trial_callback=RetryLostTrial(grace))
+            if backend == "sqlite":
+                _tune_sqlite(storage)
+            return storage
+        except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            # two workers creating the tables of a new database at once: the loser finds them made
+            if isinstance(exc, SQLAlchemyError) and attempt + 1 < CREATE_RACE_ATTEMPTS and any(
+                    text in reason for text in ("already exists", "duplicate key")):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise SearchConfigError(f"STORAGE={_redacted(url)}: cannot open the study database "
+                                    f"({reason[:200]})") from None
+    raise AssertionError("unreachable")

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 STOP_WAIT_S = 120  # after Ctrl-C, how long workers get to record their trials before being killed
@@ -103,6 +104,8 @@ def cmd_worker(args) -> int:
         return _supervise(config, args.workers)
     # a scheduler's or supervisor's SIGTERM is a Ctrl-C: the running trial is recorded, then exit
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if SUPERVISED in os.environ:  # the supervisor forwards Ctrl-C, even when it was started with SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config, space = joined_config(args.study, storage, args.studies_dir, args.data, args.trials, args.timeout)
     from search.runner import run_search
 
@@ -129,6 +132,7 @@ def create_or_check_study(config):
 
     check_config(config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE group=True, heartbeats
     space = load_space(config.model, space_file=config.space_file, fixed=config.fixed)
     preflight.check(space, config.weights)
     data = prepare(config.data, groups=config.groups, val_fraction=config.val_fraction, seed=config.seed)

@@ -29,6 +29,7 @@ from search import artifacts
 from tests.worker_tools import GRACE_S, load, run, start, tiny_dataset, wait_for, worker_env
 
 MAX_EPOCHS, TRIALS, KEEP_TOP = 8, 5, 2
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @pytest.fixture
@@ -54,6 +55,7 @@ def test_sigint_and_sigkill_mid_trial_lose_nothing(crash_study, tmp_path):
     study = load(url, "crash")
     trials = lambda: {t.number: t for t in study.get_trials(deepcopy=False)}  # noqa: E731
     completed = lambda: {n: t.value for n, t in trials().items() if t.state == TrialState.COMPLETE}  # noqa: E731
+    finished = lambda: [n for n, t in trials().items() if t.state in FINISHED]  # noqa: E731 (pruned: not learning)
 
     def mid_trial() -> list[int]:
         """Running trials with at least one epoch reported and more to go."""
@@ -62,10 +64,13 @@ def test_sigint_and_sigkill_mid_trial_lose_nothing(crash_study, tmp_path):
 
     # 1. Ctrl-C half-way through worker A's second trial
     a = start(worker, env, tmp_path / "a.log")
-    wait_for(lambda: completed() and mid_trial(), "worker A to be half-way through its second trial", procs=[a])
-    interrupted, before_a = mid_trial()[0], completed()
+    wait_for(lambda: finished() and mid_trial(), "worker A to be half-way through its second trial", procs=[a])
     a.send_signal(signal.SIGINT)
     assert a.wait(timeout=120) == 130
+    before_a = completed()
+    interrupted = [n for n, t in trials().items() if t.user_attrs.get("fail_reason", "").startswith("interrupted")]
+    assert len(interrupted) == 1
+    interrupted = interrupted[0]
     err = (tmp_path / "a.err").read_text()
     assert "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("hematune")] == [
@@ -81,12 +86,14 @@ def test_sigint_and_sigkill_mid_trial_lose_nothing(crash_study, tmp_path):
     # 2. kill -9 half-way through worker B's trial after the retry
     b = start(worker, env, tmp_path / "b.log")
     retry_a = queued[0].number
-    wait_for(lambda: trials()[retry_a].state == TrialState.COMPLETE and [n for n in mid_trial() if n > retry_a],
+    wait_for(lambda: trials()[retry_a].state in FINISHED and [n for n in mid_trial() if n > retry_a],
              "worker B to run the retry, then be half-way through its next trial", procs=[b])
-    killed, before_b = [n for n in mid_trial() if n > retry_a][0], completed()
     b.kill()
     b.wait(timeout=30)
-    assert trials()[killed].state == TrialState.RUNNING  # a killed process records nothing: the heartbeat will
+    before_b = completed()
+    running = [n for n, t in trials().items() if t.state == TrialState.RUNNING]
+    assert len(running) == 1  # a killed process records nothing: its trial stays RUNNING, the heartbeat will tell
+    killed = running[0]
     assert before_a.items() <= before_b.items()
 
     # 3. resume after the grace period: the dead trial is found, failed, retried; the study reaches TRIALS
@@ -98,11 +105,11 @@ def test_sigint_and_sigkill_mid_trial_lose_nothing(crash_study, tmp_path):
     assert final[killed].state == TrialState.FAIL
     retries = {t.user_attrs["retry_of"]: t for t in final.values() if "retry_of" in t.user_attrs}
     assert set(retries) == {interrupted, killed}
-    assert all(t.state == TrialState.COMPLETE for t in retries.values())
+    assert all(t.state in FINISHED for t in retries.values())
     assert retries[killed].params == final[killed].params
     assert "no heartbeat" in retries[killed].user_attrs["retry_reason"]
     assert retries[killed].system_attrs["failed_trial"] == killed  # Optuna's own retry record
-    assert sum(t.state == TrialState.COMPLETE for t in final.values()) >= TRIALS
+    assert sum(t.state in FINISHED for t in final.values()) >= TRIALS  # TRIALS counts complete + pruned
     assert not [t for t in final.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
     # model files: exactly the top trials', whole and loadable; no orphans or temporary files
@@ -113,3 +120,71 @@ def test_sigint_and_sigkill_mid_trial_lose_nothing(crash_study, tmp_path):
     for number in top:
         model = keras.saving.load_model(artifacts.model_path(studies, "crash", number), safe_mode=True)
         assert model.output_shape[-1] == 3
+
+
+def _exists(url: str, study: str) -> bool:
+    try:
+        load(url, study)
+    except Exception:  # noqa: BLE001 — not created yet (no file, no tables, no study)
+        return False
+    return True
+
+
+def test_ctrl_c_to_local_workers_records_every_running_trial(tmp_path):
+    """`hematune search --workers 2` and one Ctrl-C: each worker records its trial as interrupted and queues it."""
+    data, studies = tiny_dataset(tmp_path / "cells"), tmp_path / "studies"
+    url = f"sqlite:///{studies / 'hematune.db'}"
+    supervisor = start(["search", "--data", str(data), "--studies-dir", str(studies), "--study", "ctrl-c",
+                        "--trials", "20", "--max-epochs", str(MAX_EPOCHS), "--workers", "2", "--model", "cnn",
+                        "--fix", "image_size=32", "--fix", "blocks=2", "--pruner", "none"],
+                       worker_env(tmp_path / "cache"), tmp_path / "supervisor.log")
+    wait_for(lambda: _exists(url, "ctrl-c"), "the study to be created", procs=[supervisor])
+    study = load(url, "ctrl-c")
+
+    def mid_trial() -> list[int]:
+        return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if 1 <= len(t.intermediate_values) < MAX_EPOCHS]
+
+    wait_for(lambda: len(mid_trial()) == 2, "both workers half-way through a trial", procs=[supervisor])
+    running = mid_trial()
+    supervisor.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends
+    assert supervisor.wait(timeout=180) == 130
+    err = (tmp_path / "supervisor.err").read_text()
+    assert "Traceback" not in err + (tmp_path / "supervisor.log").read_text()
+    assert [line for line in err.splitlines() if line.startswith("hematune")] == [
+        "hematune: interrupted: the running trial was recorded as failed; re-run the same command to resume"]
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number in running:
+        assert trials[number].state == TrialState.FAIL
+        assert trials[number].user_attrs["fail_reason"].startswith("interrupted (Ctrl-C or SIGINT)")
+    queued = {t.user_attrs["retry_of"] for t in trials.values() if t.state == TrialState.WAITING}
+    assert queued == set(running)
+    assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
+
+
+def test_decoder_killed_mid_write_leaves_no_orphan(tmp_path, make_dataset):
+    """A decode-cache writer killed with SIGKILL leaves a temporary file as large as the data set; the next
+    decode removes it once it is stale and its process is gone (a live writer's file is kept)."""
+    import os
+    import subprocess
+    import sys
+
+    from data_pipeline.cache import DEAD_WRITER_AGE_S, load_or_decode
+    from data_pipeline.ingest import scan
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is now free: a writer that died
+    old = time.time() - DEAD_WRITER_AGE_S - 60
+    orphans = {name: cache / name for name in (f"0123abcd.npy.tmp-{dead.pid}", f"0123abcd.json.tmp-{dead.pid}")}
+    live = cache / f"4567ef01.npy.tmp-{os.getpid()}"  # a writer still running
+    recent = cache / f"89abcdef.npy.tmp-{dead.pid + 1_000_000}"  # gone, but touched a moment ago
+    for path in [*orphans.values(), live, recent]:
+        path.write_bytes(b"\0" * 1000)
+    for path in [*orphans.values(), live]:
+        os.utime(path, (old, old))
+    decoded = load_or_decode(scan(make_dataset()).train, 32, cache)
+    assert decoded.usable.all()
+    assert not any(path.exists() for path in orphans.values())
+    assert live.exists() and recent.exists()
