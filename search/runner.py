@@ -210,7 +210,8 @@ def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, c
     failures = _StopAfterFailures(config.max_consecutive_failures)
     annotator = TrialAnnotator(data, Path(config.studies_dir), config.keep_top, warn=reporter.line)
     study.optimize(
-        retry_when_interrupted(annotator.wrap(objective(ctx))), n_trials=None, timeout=remaining_time, catch=(Exception,), gc_after_trial=True,
+        retry_when_interrupted(annotator.wrap(objective(ctx))), n_trials=None, timeout=remaining_time,
+        catch=(Exception,), gc_after_trial=True,
         callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=FINISHED), reporter.trial_finished, failures,
                    annotator.annotate_trial],
     )
