@@ -43,6 +43,7 @@ class SearchContext:
     keep_top: int = 3
     deadline: float | None = None  # time.time() after which trials stop at the end of an epoch
     reporter: object | None = None  # search.progress.TerminalReporter or None
+    stop_not_learning: bool = True  # PRUNER=none turns this off too: no trial is stopped early
 
 
 def _phases(params: dict, built, max_epochs: int) -> list[tuple[int, int, float, float | None]]:
@@ -84,7 +85,8 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
     y_train_1h = keras.utils.to_categorical(y_train, num_classes)
     y_val_1h = keras.utils.to_categorical(y_val, num_classes)
     batch_size = int(params.get("batch_size", 32))
-    reporter = EpochReporter(trial, deadline=ctx.deadline, chance=ctx.data.chance_level(),
+    reporter = EpochReporter(trial, deadline=ctx.deadline,
+                             chance=ctx.data.chance_level() if ctx.stop_not_learning else None,
                              on_epoch=ctx.reporter.epoch_ended if ctx.reporter else None)
     callbacks = [reporter] + (ctx.reporter.batch_callbacks(len(x_train), batch_size) if ctx.reporter else [])
     for first, end, lr, fraction in _phases(params, built, max_epochs):

@@ -206,6 +206,7 @@ def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, c
         data=data, space=space, studies_dir=Path(config.studies_dir), weights=config.weights,
         max_epochs=config.max_epochs, seed=config.seed, keep_top=config.keep_top,
         deadline=None if remaining_time is None else time.time() + remaining_time, reporter=reporter,
+        stop_not_learning=config.pruner != "none",
     )
     failures = _StopAfterFailures(config.max_consecutive_failures)
     annotator = TrialAnnotator(data, Path(config.studies_dir), config.keep_top, warn=reporter.line)
