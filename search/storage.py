@@ -41,19 +41,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from search.errors import SearchConfigError  # Keras-free, like this module
+
 HEARTBEAT_S, GRACE_S = 20, 90
 SQLITE_WAIT_S = 60  # how long a transaction waits for another worker's write lock
 PG_CONNECT_TIMEOUT_S = 10  # an unreachable server fails in seconds, not minutes
 MAX_RETRY = 1  # a lost or interrupted trial is run again once
 CREATE_RACE_ATTEMPTS = 4
-
-
-def SearchConfigError(message: str) -> Exception:  # noqa: N802 — raised like the class it returns
-    """search.errors.SearchConfigError, imported late: that module imports Keras, and a process that
-    only opens the storage (a test's storage workers, a supervisor) should not pay for TensorFlow."""
-    from search.errors import SearchConfigError as error
-
-    return error(message)
 
 
 def heartbeat_settings() -> tuple[int, int]:

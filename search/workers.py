@@ -30,6 +30,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from search.errors import SearchConfigError
+
 STOP_WAIT_S = 120  # after Ctrl-C, how long workers get to record their trials before being killed
 DEFAULT_STORAGE = "sqlite:///{studies_dir}/hematune.db"
 SUPERVISED = "HEMATUNE_WORKER_INDEX"  # set in the workers this module starts: the supervisor prints the summary
@@ -54,7 +56,6 @@ def add_worker_command(commands) -> None:
 
 
 def _refuse_workers(n: int) -> None:
-    from search.errors import SearchConfigError
 
     if n < 1:
         raise SearchConfigError(f"WORKERS={n}: must be a positive number")
@@ -65,7 +66,6 @@ def joined_config(study_name: str, storage_url: str, studies_dir: Path, data: st
     """(SearchConfig, SearchSpace) of an existing study, from what it recorded at creation."""
     import optuna
 
-    from search.errors import SearchConfigError
     from search.runner import SearchConfig
     from search.space import SearchSpace
     from search.storage import open_storage
@@ -93,7 +93,6 @@ def joined_config(study_name: str, storage_url: str, studies_dir: Path, data: st
 
 def cmd_worker(args) -> int:
     """``hematune worker``: one worker here, or ``--workers N`` local ones."""
-    from search.errors import SearchConfigError
 
     if not args.study:
         raise SearchConfigError("STUDY= is required: the name of the study to join (see `make search`)")
