@@ -1,4 +1,6 @@
-"""``hematune`` command line: the Makefile's targets call this.
+"""hematune: Optuna search and honest model selection for white-blood-cell image classifiers.
+
+The command line behind the Makefile's targets.
 
 Every user error (bad data, bad setting, unreachable storage…) ends as one
 line on stderr and exit status 2, never a traceback; Ctrl-C ends with 130
@@ -7,12 +9,17 @@ after the running trial has been recorded as failed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from search.environment import quiet_backend_logs
+
 quiet_backend_logs()  # before anything imports TensorFlow
+
+# The command modules import no backend at module level, so --help stays fast.
+from reports.commands import COMMANDS as REPORT_COMMANDS  # noqa: E402
+from reports.commands import add_parsers as add_report_parsers  # noqa: E402
+from search.workers import add_worker_command, cmd_worker  # noqa: E402
 
 
 def _positive_int(text: str) -> int:
@@ -56,8 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--keep-top", type=_positive_int, default=3, help="trials that keep a model file (default 3)")
     search.add_argument("--workers", type=_positive_int, default=1,
                         help="local worker processes sharing the study (default 1); see `hematune worker`")
-    from search.workers import add_worker_command
-
     add_worker_command(commands)
 
     dashboard = commands.add_parser("dashboard", help="browse studies in optuna-dashboard (127.0.0.1 only)",
@@ -67,8 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: studies)")
     dashboard.add_argument("--port", type=_positive_int, default=8080, help="port on 127.0.0.1 (default 8080)")
     dashboard.add_argument("--study", help="print the URL of this study's page")
-    from reports.commands import add_parsers as add_report_parsers
-
     add_report_parsers(commands)  # report, export, promote, verify, predict
     return parser
 
@@ -112,14 +115,8 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
-COMMANDS = {"dashboard": cmd_dashboard, "search": cmd_search}
-from search.workers import cmd_worker  # noqa: E402 — `hematune worker`
-
-COMMANDS["worker"] = cmd_worker
-
-from reports.commands import COMMANDS as REPORT_COMMANDS  # noqa: E402 - light: imports nothing heavy
-
-COMMANDS.update(REPORT_COMMANDS)  # report, export, promote, verify, predict
+COMMANDS = {"search": cmd_search, "worker": cmd_worker, "dashboard": cmd_dashboard,
+            **REPORT_COMMANDS}  # report, export, promote, verify, predict
 
 
 def main(argv: list[str] | None = None) -> int:
