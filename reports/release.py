@@ -116,7 +116,7 @@ def preprocessing_info(model: keras.Model, family: str) -> dict:
         "image_size": evaluate.input_size(model),
         "input": "RGB, shape (image_size, image_size, 3), pixel values 0–255 (uint8 or float); no scaling by the caller",
         "resize": "stretch to a square, bilinear (PIL), as data_pipeline.cache.decode_image does",
-        "call": "model.predict(x) or model(x, training=False); a bare model(x) runs the training augmentation",
+        "call": "model.predict(x), or model(x, training=False)",
         "scaling_inside_model": inside or "inside the backbone",
         "family": family,
     }

@@ -342,7 +342,7 @@ def build_report(opts: ReportOptions) -> Report:
         lines.append(f"Its model file was not kept ({best.why_no_test}); no TEST metrics.")
     else:
         pred = best.predictions
-        gap = (best.val_accuracy - best.test_accuracy) * 100
+        gap = round((best.val_accuracy - best.test_accuracy) * 100, 1)  # warn on the number the reader sees
         lines += ["### Per-class metrics (TEST)", "", "| class | precision | recall | F1 | images |",
                   "|---|---:|---:|---:|---:|"]
         for c in best_details["per_class"]:
