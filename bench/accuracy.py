@@ -53,7 +53,7 @@ def default_search(settings: Settings, paths: Paths, full_root: Path, subset_roo
     except (ReportError, *USER_ERRORS) as exc:
         reason = str(exc)
     root = subset_root if settings.quick else full_root
-    budget = "3 trials" if settings.quick else f"{settings.tuner_budget_s:.0f} s"
+    budget = "3-trial" if settings.quick else f"{settings.tuner_budget_s:.0f}-second"
     hematune_search(root, paths, "default-cpu", image_size=settings.search_image_size,
                     max_epochs=settings.search_max_epochs, trials=3 if settings.quick else 10_000,
                     timeout=None if settings.quick else settings.tuner_budget_s)

@@ -70,7 +70,9 @@ def run(settings: Settings, paths: Paths, promoted: dict | None) -> dict:
     out = {"loadavg_before": loadavg(), "rows": []}
     if promoted and promoted.get("model_file"):
         model = evaluate.load_model(Path(promoted["model_file"]))
-        out["rows"].append({"name": "promoted model", "source": f"release {promoted['release']} (study "
+        release = Path(promoted["release"])
+        release = release.relative_to(Path.cwd()) if release.is_relative_to(Path.cwd()) else release
+        out["rows"].append({"name": "promoted model", "source": f"release `{release}` (study "
                             f"{promoted['study']}, trial {promoted['trial']})", "trained": True, **measure(model, settings)})
         keras.backend.clear_session()
     # the user's studies; the bench's own studies only for its stand-in default search (section 4), never

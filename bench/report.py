@@ -132,16 +132,18 @@ def section2(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
         f"The same seeded search — CNN space with image_size={s['image_size']}, {s['trials']} trials, at most "
         f"{s['max_epochs']} epochs each, on the TRAIN subsample (see *Data* below) — once with the default "
         "Hyperband pruner and once with `PRUNER=none`. After TPE's 5 start-up trials the two runs can propose "
-        "different parameters, since pruned trials inform the sampler differently.",
+        "different parameters, since pruned trials inform the sampler differently. hematune's not-learning stop "
+        "(training accuracy at the commonest-class rate for 3 epochs) is always on, also with `PRUNER=none`; its "
+        "stops are counted apart.",
         "",
-        "| seed | pruner | trials (complete / pruned) | epochs trained | wall time | best group-val accuracy |",
+        "| seed | pruner | trials: complete / pruned (of which not learning) | epochs trained | wall time | best group-val accuracy |",
         "|---:|---|---|---:|---:|---:|",
     ]
     for run in s["runs"]:
         for pruner in ("hyperband", "none"):
             r = run[pruner]
-            out.append(f"| {run['seed']} | {pruner} | {r['n_complete']} / {r['n_pruned']} | {r['epochs']} | "
-                       f"{sec(r['wall_s'])} | {pct(r['best_value'])} |")
+            out.append(f"| {run['seed']} | {pruner} | {r['n_complete']} / {r['n_pruned']} ({r.get('n_not_learning', 0)}) | "
+                       f"{r['epochs']} | {sec(r['wall_s'])} | {pct(r['best_value'])} |")
     savings = [r["epoch_saving"] for r in s["runs"] if r["epoch_saving"] is not None]
     walls = [r["wall_saving"] for r in s["runs"] if r["wall_saving"] is not None]
     deltas = [r["accuracy_delta_points"] for r in s["runs"] if r["accuracy_delta_points"] is not None]
@@ -193,8 +195,8 @@ def section3(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
         f"{s['val_images']} validation images), at most {s['max_epochs']} epochs per trial, and the same wall budget "
         f"of **{s['budget_s']:.0f} s per run**, {len(s['seeds'])} seeds per method. KerasTuner Hyperband: "
         f"max_epochs={s['max_epochs']}, factor 3; BayesianOptimization and RandomSearch: {s['max_epochs']} epochs per "
-        "trial, KerasTuner defaults otherwise — BayesianOptimization starts with 3 × #hyperparameters = "
-        f"{3 * s.get('n_hyperparameters', 0)} random trials"
+        "trial, KerasTuner defaults otherwise — BayesianOptimization starts with 3 × #hyperparameters"
+        + (f" = {3 * s['n_hyperparameters']}" if s.get("n_hyperparameters") else "") + " random trials"
         + (f", more than any run here had time for (at most {max_bayes} trials), so it searched at random throughout"
            if max_bayes is not None and max_bayes <= 3 * s.get("n_hyperparameters", 0) else "")
         + ". hematune's TPE starts with 5 random trials. The clock includes each tool's set-up; a value counts when "
@@ -255,7 +257,15 @@ def section3(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
     ax.legend(fontsize=7, loc="lower right")
     out += [f"![tuners]({rel}/{_save(fig, fig_dir / 'tuners.png')})", ""]
     measured = "—" if speedup is None else f"{speedup:.2f}×" + (" (lower bound involved)" if bound else "")
-    return out, {"tuners": ("time to target: KerasTuner Hyperband ÷ hematune", "≥ 2×", measured, yes_no(goal_ok))}
+    med = lambda xs: statistics.median(xs) if xs else None
+    tests = ", ".join(f"{LABELS[m].split(' (')[0]} {pct(med(v['test']))}" for m, v in s["methods"].items())
+    return out, {"tuners": ("time to target: KerasTuner Hyperband ÷ hematune", "≥ 2×", measured, yes_no(goal_ok)),
+                 "tuners_test": ("TEST accuracy of the selected model (median over seeds)", "—", tests, "—")}
+
+
+def _params_text(params: dict) -> str:
+    skip = {"max_epochs"}
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items() if k not in skip)
 
 
 def section4(s: dict, fig_dir: Path, rel: str, s3: dict | None) -> tuple[list[str], dict]:
@@ -266,8 +276,8 @@ def section4(s: dict, fig_dir: Path, rel: str, s3: dict | None) -> tuple[list[st
     low, high = d["test_ci95"]
     out += [
         f"**Default CPU search** — {d['source']}: study `{d['study']}`, {d['finished_trials']} finished trials, "
-        f"{d['search_seconds'] / 60:.0f} min of trial time, {d['train_images']} training images at full size of "
-        f"the reference TRAIN. Its best trial ({d['trial']}) was promoted with `reports.release.promote` (what "
+        f"{d['search_seconds'] / 60:.0f} min of trial time, {d['train_images']} training images. Its best trial "
+        f"({d['trial']}: {_params_text(d['params'])}) was promoted with `reports.release.promote` (what "
         "`make promote` runs) into the bench's own releases folder, which scored TEST once:",
         "",
         "| model | selection split | validation accuracy | TEST accuracy [95 % CI] | TEST images |",
@@ -319,8 +329,8 @@ def section4(s: dict, fig_dir: Path, rel: str, s3: dict | None) -> tuple[list[st
     ax.bar([x + 0.2 for x in xs], tests, 0.4, yerr=errs, capsize=3, label="TEST [95 % CI]", color="#2ca02c")
     ax.set_xticks(list(xs))
     ax.set_xticklabels(labels, fontsize=8)
-    ax.set(ylabel="accuracy", ylim=(0, 1), title="what selection reports vs TEST")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set(ylabel="accuracy", ylim=(0, 1.18), title="what selection reports vs TEST")
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
     out += [f"![accuracy]({rel}/{_save(fig, fig_dir / 'accuracy.png')})", ""]
     head = {"accuracy": ("default CPU search, best model", "—",
                          f"group-val {pct(d['val_accuracy'])}, TEST {pct(d['test_accuracy'])} [{pct(low)}–{pct(high)}]", "—")}

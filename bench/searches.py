@@ -36,7 +36,8 @@ def hematune_search(root: Path, paths: Paths, study: str, *, image_size: int, ma
         trials_out.append({"number": t.number, "state": t.state.name, "value": t.value,
                            "epochs": t.user_attrs.get("epochs_trained", 0),
                            "seconds": t.duration.total_seconds() if t.duration else None, "end_s": end,
-                           "val_per_epoch": t.user_attrs.get("val_accuracy_per_epoch", [])})
+                           "val_per_epoch": t.user_attrs.get("val_accuracy_per_epoch", []),
+                           "not_learning": "not learning" in (t.user_attrs.get("prune_reason") or "")})
         if t.state == TrialState.COMPLETE and t.value is not None:
             points.append((end, t.value))
     completed = [t for t in study_obj.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
@@ -47,6 +48,7 @@ def hematune_search(root: Path, paths: Paths, study: str, *, image_size: int, ma
         "epochs": sum(t["epochs"] for t in trials_out),
         "trial_seconds": sum(t["seconds"] or 0 for t in trials_out),
         "n_complete": len(completed), "n_pruned": sum(t["state"] == "PRUNED" for t in trials_out),
+        "n_not_learning": sum(t["not_learning"] for t in trials_out),
         "n_failed": sum(t["state"] == "FAIL" for t in trials_out),
         "best_value": best.value if best else None, "best_trial": best.number if best else None,
         "best_epochs": best.user_attrs.get("epochs_trained") if best else None,

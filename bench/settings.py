@@ -30,14 +30,14 @@ class Settings:
     files_per_group: int = 4
     groups_per_class: int | None = None  # None: all groups
     # FIX=image_size for sections 2–4: one decoded array for every method; 32 px (below the space's 48/64)
-    # so that 12 budgeted searches fit in ~20 minutes on 2 cores
+    # so that 12 budgeted searches fit in ~20 minutes on 2 cores, each long enough for several trials
     search_image_size: int = 32
     search_max_epochs: int = 9  # per trial; Hyperband brackets 1, 3, 9 epochs with reduction factor 3
     # Section 2 — pruning
     pruning_trials: int = 10
     pruning_seeds: tuple[int, ...] = (0,)
     # Section 3 — hematune vs KerasTuner, same wall budget per run
-    tuner_budget_s: float = 90.0
+    tuner_budget_s: float = 80.0
     tuner_seeds: tuple[int, ...] = (0, 1, 2)
     target_fraction: float = 0.95  # target = this × the best group-val accuracy any run reached
     # Section 4 — leaky split search, same budget as one section-3 run
