@@ -88,7 +88,8 @@ def cache_key(images: ImageSet, size: int) -> str:
 DEAD_WRITER_AGE_S = 3600  # a temporary file untouched this long, of a process gone from this machine
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (temporary files carry their writer's pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -108,7 +109,7 @@ def sweep_dead_writers(cache_dir: Path) -> None:
             stale = now - leftover.stat().st_mtime > DEAD_WRITER_AGE_S
         except FileNotFoundError:
             continue
-        if pid.isdigit() and stale and not _alive(int(pid)):
+        if pid.isdigit() and stale and not process_alive(int(pid)):
             leftover.unlink(missing_ok=True)
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import keras
 import yaml
 
+from data_pipeline.cache import process_alive
 from reports import evaluate
 from reports.errors import ReportError
 from reports.study import (StudyView, check_data_unchanged, data_root, family_params, sha256_file, test_groups,
@@ -83,21 +84,11 @@ def write_checksums(folder: Path) -> None:
     _write(folder / SUMS, "\n".join(lines) + "\n")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_stale(base: Path) -> None:
     """Remove temporary folders left by promotes that died (kill -9, power loss)."""
     for path in base.glob(".tmp-*"):
         match = re.match(r"^\.tmp-(\d+)-", path.name)
-        dead = match is not None and not _pid_alive(int(match.group(1)))
+        dead = match is not None and not process_alive(int(match.group(1)))
         if dead or time.time() - path.stat().st_mtime > STALE_TMP_S:
             shutil.rmtree(path, ignore_errors=True)
 
