@@ -17,9 +17,10 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError
 
 from search.errors import SearchConfigError
+from search.storage import open_storage, redacted
 
 HOST = "127.0.0.1"
 
@@ -38,25 +39,17 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def open_storage_for_dashboard(url: str):
-    """An RDB storage for browsing; refuses a SQLite file that does not exist
-    (optuna would silently create an empty database there)."""
-    from optuna.storages import RDBStorage
-
+    """The search's own storage (same SQLite tuning, same PostgreSQL driver choice), but it
+    refuses a SQLite file that does not exist (optuna would silently create an empty database there)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise SearchConfigError(f"STORAGE={url}: not a database URL; e.g. sqlite:///studies/hematune.db") from None
-    engine_kwargs = {}
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:" or not Path(parsed.database).expanduser().is_file():
             raise SearchConfigError(f"STORAGE={url}: no study database there; run `make search` first "
                                     "or point STORAGE= at an existing one")
-        engine_kwargs = {"connect_args": {"timeout": 30}}
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
-    except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SearchConfigError(f"STORAGE={url}: cannot open the study database ({reason[:200]})") from None
+    return open_storage(url)
 
 
 def study_path(storage, study: str | None) -> str:
@@ -90,7 +83,7 @@ def serve(storage_url: str, studies_dir: Path, port: int, study: str | None = No
     except OSError as exc:
         raise SearchConfigError(f"PORT={port}: cannot listen on {HOST}:{port} ({exc.strerror}); "
                                 "choose another PORT=") from None
-    print(f"optuna-dashboard for {storage_url}: http://{HOST}:{port}{path}  (Ctrl-C stops it)", file=out, flush=True)
+    print(f"optuna-dashboard for {redacted(storage_url)}: http://{HOST}:{port}{path}  (Ctrl-C stops it)", file=out, flush=True)
     try:
         server.serve_forever()
     finally:

@@ -115,7 +115,8 @@ class RetryLostTrial:
                     self.max_retry)
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
+    """The URL with its password shown as ***, for anything printed."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -194,6 +195,6 @@ def open_storage(url: str) -> RDBStorage:
                     text in reason for text in ("already exists", "duplicate key")):
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise SearchConfigError(f"STORAGE={_redacted(url)}: cannot open the study database "
+            raise SearchConfigError(f"STORAGE={redacted(url)}: cannot open the study database "
                                     f"({reason[:200]})") from None
     raise AssertionError("unreachable")
