@@ -105,7 +105,8 @@ def _group_holdout(labels, groups, fraction: float, seed: int, classes) -> tuple
     """Indices (keep, holdout): about ``fraction`` of the groups held out, per class.
 
     StratifiedGroupKFold keeps groups whole and class proportions close; its
-    first fold is the holdout. Needs at least 2 groups in every class.
+    first fold with every class on both sides is the holdout. Needs at least
+    2 groups in every class.
     """
     labels = np.asarray(labels)
     n_splits = max(2, round(1 / fraction))
@@ -118,8 +119,15 @@ def _group_holdout(labels, groups, fraction: float, seed: int, classes) -> tuple
                 "add images from more source cells or change GROUPS"
             )
     splitter = StratifiedGroupKFold(n_splits=min(n_splits, len(np.unique(group_ids))), shuffle=True, random_state=seed)
-    keep, holdout = next(splitter.split(np.zeros(len(labels)), labels, group_ids))
-    return np.sort(keep), np.sort(holdout)
+    classes_present = set(labels.tolist())
+    # Stratification is best effort with uneven groups: take the first fold that has every class on both sides.
+    for keep, holdout in splitter.split(np.zeros(len(labels)), labels, group_ids):
+        if set(labels[keep].tolist()) == set(labels[holdout].tolist()) == classes_present:
+            return np.sort(keep), np.sort(holdout)
+    raise DataError(
+        f"no group-aware holdout of about {fraction:.0%} keeps every class on both sides "
+        "(too few source groups in some class); add images from more source cells or change VAL_FRACTION/GROUPS"
+    )
 
 
 @dataclass(frozen=True)

@@ -93,3 +93,16 @@ def test_labels_preserved(make_dataset):
         for path, label in zip(part.files, part.labels):
             assert path.parent.name == index.classes[label]
     assert np.bincount(split.val.labels).min() > 0
+
+
+def test_uneven_groups_still_put_every_class_on_both_sides(make_dataset):
+    root = make_dataset(classes=3, groups=6, per_group=4)
+    rare = root / "TRAIN" / "class2"
+    for path in rare.iterdir():  # class2: one big group and one single-image group
+        group, n = path.stem.split("_")[1:]
+        if group not in ("0", "1") or (group == "1" and n != "0"):
+            path.unlink()
+    index = scan(root)
+    for seed in range(25):
+        split = make_split(index, seed=seed)
+        assert set(split.val.labels) == set(split.train.labels) == {0, 1, 2}, seed
