@@ -55,7 +55,7 @@ def default_search(settings: Settings, paths: Paths, full_root: Path, subset_roo
     root = subset_root if settings.quick else full_root
     budget = "3-trial" if settings.quick else f"{settings.tuner_budget_s:.0f}-second"
     hematune_search(root, paths, "default-cpu", image_size=settings.search_image_size,
-                    max_epochs=settings.search_max_epochs, trials=3 if settings.quick else 10_000,
+                    max_epochs=settings.tuner_max_epochs, trials=3 if settings.quick else 10_000,
                     timeout=None if settings.quick else settings.tuner_budget_s)
     try:
         result = _promote("default-cpu", paths.storage, paths.studies, paths)
@@ -75,7 +75,7 @@ def run(settings: Settings, paths: Paths, full_root: Path, subset_root: Path, tu
     leaky = []
     for seed in settings.leaky_seeds:
         r = hematune_search(subset_root, paths, f"leaky-s{seed}", image_size=settings.search_image_size,
-                            max_epochs=settings.search_max_epochs, seed=0, sampler_seed=seed, pruner="hyperband",
+                            max_epochs=settings.tuner_max_epochs, seed=0, sampler_seed=seed, pruner="hyperband",
                             timeout=settings.tuner_budget_s, groups="none")
         test = test_score(Path(r["model_file"]), subset_root, paths.work / "test" / f"leaky-s{seed}") \
             if r["model_file"] else None

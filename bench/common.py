@@ -55,9 +55,15 @@ def loadavg() -> float:
         return float("nan")
 
 
-def make_subset(source: Path, dest: Path, files_per_group: int, groups_per_class: int | None) -> Path:
-    """A TRAIN subsample as symlinks: every source group (or the first ``groups_per_class``), at
-    most ``files_per_group`` augmented copies of each; TEST linked whole. Nothing is copied."""
+def make_subset(source: Path, dest: Path, files_per_class: int, groups_per_class: int | None = None) -> Path:
+    """A class-balanced TRAIN subsample as symlinks; TEST linked whole. Nothing is copied.
+
+    Each class gets ``files_per_class`` files taken round-robin over its source
+    groups (one copy of every cell, then a second copy of every cell, …), so
+    every cell is kept when there are enough files, classes stay balanced (the
+    reference set balances classes by augmenting rare cells more), and a cell's
+    copies still share one group for the group-aware split.
+    """
     marker = dest / ".complete"
     if marker.is_file():
         return dest
@@ -71,17 +77,21 @@ def make_subset(source: Path, dest: Path, files_per_group: int, groups_per_class
         chosen = sorted(by_group, key=lambda g: (len(g), g))
         if groups_per_class:
             chosen = chosen[:groups_per_class]
+        picked: list[Path] = []
+        for round_ in range(max(len(by_group[g]) for g in chosen)):
+            picked += [by_group[g][round_] for g in chosen if round_ < len(by_group[g])]
+            if len(picked) >= files_per_class:
+                break
         target = dest / "TRAIN" / class_dir.name
         target.mkdir(parents=True, exist_ok=True)
-        for group in chosen:
-            for path in by_group[group][:files_per_group]:
-                link = target / path.name
-                if not link.is_symlink():
-                    link.symlink_to(path.resolve())
+        for path in picked[:files_per_class]:
+            link = target / path.name
+            if not link.is_symlink():
+                link.symlink_to(path.resolve())
     test = dest / "TEST"
     if not test.is_symlink():
         test.symlink_to((source / "TEST").resolve())
-    marker.write_text(json.dumps({"files_per_group": files_per_group, "groups_per_class": groups_per_class}))
+    marker.write_text(json.dumps({"files_per_class": files_per_class, "groups_per_class": groups_per_class}))
     return dest
 
 

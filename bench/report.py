@@ -70,6 +70,10 @@ def section1(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
         return out + [why, ""], {}
     params = ", ".join(f"{k}={v}" for k, v in s["params"].items())
     h, b = s["steady_epoch_s"]["hematune"], s["steady_epoch_s"]["bare"]
+    epochs_all = [e for arm in ("hematune", "bare") for r in s[arm] for e in r["steady_epochs_s"]]
+    all_min, all_max = min(epochs_all), max(epochs_all)
+    min_overhead = h["min"] / b["min"] - 1 if h.get("min") and b.get("min") else None
+    ok = min_overhead is not None and min_overhead <= 0.05
     out += [
         f"The same CNN ({params}) on the same group split — {s['train_images']} training / {s['val_images']} "
         f"validation images of `{Path(s['data_root']).name}` — for {s['epochs']} epochs, {s['reps']} repetitions, "
@@ -86,8 +90,16 @@ def section1(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
         f"| whole trial (build → fit → saved) | {spread_text(s['trial_s']['hematune'])} | "
         f"{spread_text(s['trial_s']['bare'])} | {signed_pct(s['trial_overhead'])} |",
         "",
-        "Per-repetition epoch overhead: " + ", ".join(signed_pct(x) for x in s["per_rep_overhead"])
-        + f". Goal ≤ 5 %: {yes_no(s['epoch_overhead'] is not None and s['epoch_overhead'] <= 0.05)}.",
+        "Per-repetition epoch overhead: " + ", ".join(signed_pct(x) for x in s["per_rep_overhead"]) + ".",
+        "",
+        f"Noise: on this machine the same steady-state epoch took {sec(all_min)}–{sec(all_max)} across repetitions in "
+        f"*both* arms (a {all_max / all_min - 1:.0%} swing with nothing else running — a shared virtual machine), "
+        "far more than the overhead being measured, so the median comparison above cannot resolve a 5 % "
+        "difference. The fastest steady-state epoch of each arm (the usual noise-robust timing estimate, as "
+        f"`timeit` uses) gives: hematune {sec(h['min'])} vs bare {sec(b['min'])} → **{signed_pct(min_overhead)}**. "
+        f"Goal ≤ 5 %: {yes_no(ok)} on the fastest epochs; "
+        + ("the medians agree." if s["epoch_overhead"] is not None and abs(s["epoch_overhead"]) <= 0.05
+           else "the medians are dominated by that noise and show neither an overhead nor a saving."),
         "",
     ]
     d = s["decode"]
@@ -117,9 +129,9 @@ def section1(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
     axes[1].set(ylabel="seconds", title=f"data ready ({d['images']} images)")
     axes[1].set_yscale("log")
     out += [f"![pipeline]({rel}/{_save(fig, fig_dir / 'pipeline.png')})", ""]
-    ok = s["epoch_overhead"] is not None and s["epoch_overhead"] <= 0.05
     return out, {"overhead": (f"epoch overhead of a hematune trial vs bare `model.fit`", "≤ 5 %",
-                              f"{signed_pct(s['epoch_overhead'])} ({s['reps']} reps)", yes_no(ok)),
+                              f"{signed_pct(min_overhead)} on the fastest epochs; medians {signed_pct(s['epoch_overhead'])} "
+                              f"({s['reps']} reps, epoch-to-epoch noise {all_max / all_min - 1:.0%})", yes_no(ok)),
                  "decode": ("cold vs warm data start", "—",
                             f"{sec(cold['median'])} vs {sec(warm['median'])}" + (f" ({ratio:.0f}×)" if ratio else ""), "—")}
 
@@ -237,6 +249,12 @@ def section3(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
                     "this ratio is indicative only")
     goal_ok = speedup is not None and speedup >= 2 and not h["time_to_target_is_lower_bound"]
     out[-1] += f". Goal ≥ 2×: {yes_no(goal_ok if speedup else None)}."
+    if s["best_any"] is not None and s["best_any"] < 0.5:
+        out += ["", f"**Inconclusive at this scale**: with {s['train_images']} training images at {s['image_size']} px, "
+                f"trials of at most {s['max_epochs']} epochs and {s['budget_s']:.0f} s per run (what 12 runs on 2 CPU "
+                f"cores allow in ~12 minutes), no run of any method got far above chance (25 %; best "
+                f"{pct(s['best_any'])}). The differences above are noise between near-chance models, not evidence for "
+                "or against either tool; a conclusive comparison needs larger budgets (`bench/settings.py`) or a GPU."]
     out += [""]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     styles = ["-", "--", ":", "-."]
@@ -308,9 +326,16 @@ def section4(s: dict, fig_dir: Path, rel: str, s3: dict | None) -> tuple[list[st
     med = {k: statistics.median(v) if v else None for k, v in gaps.items()}
     out += [""]
     if med["group"] is not None and med["leaky"] is not None:
-        out += [f"Median gap: group-aware {med['group'] * 100:+.1f} points, leaky {med['leaky'] * 100:+.1f} points: "
-                f"a random split over-states what the selected model does on new cells by "
-                f"{(med['leaky'] - med['group']) * 100:.1f} points more than the group-aware split.", ""]
+        if med["leaky"] - med["group"] >= 0.02:
+            out += [f"Median gap: group-aware {med['group'] * 100:+.1f} points, leaky {med['leaky'] * 100:+.1f} points: "
+                    f"a random split over-states what the selected model does on new cells by "
+                    f"{(med['leaky'] - med['group']) * 100:.1f} points more than the group-aware split.", ""]
+        else:
+            out += [f"Median gap: group-aware {med['group'] * 100:+.1f} points, leaky {med['leaky'] * 100:+.1f} points — "
+                    "**no gap shown at this scale**: the subsample searches barely leave chance level (section 3), and "
+                    "a model that has not learned the training cells cannot profit from their copies in validation. "
+                    "This comparison therefore does not demonstrate the leak here; it needs models that learn "
+                    "(a larger budget or a GPU).", ""]
     fig, ax = plt.subplots(figsize=(6, 3))
     labels, vals, tests, errs = [], [], [], [[], []]
     entries = [("default", d["val_accuracy"], d["test_accuracy"], d["test_ci95"])]
@@ -421,8 +446,8 @@ def render(results: dict, out_md: Path, out_dir: Path) -> None:
         f"- **Versions**: {versions}",
         f"- **hematune commit**: `{meta['git_commit']}`{' (with uncommitted changes in the tree)' if meta['git_dirty'] else ''}",
         f"- **Data**: `{Path(results['data_root']).name}` (reference set); sections 2–4 use a TRAIN subsample "
-        f"(`{Path(results['subset_root']).name}`: every source cell kept, at most {settings['files_per_group']} augmented "
-        f"copies of each" + (f", first {settings['groups_per_class']} cells per class" if settings["groups_per_class"] else "")
+        f"(`{Path(results['subset_root']).name}`: {settings.get('files_per_class')} files per class, balanced, taken "
+        f"round-robin over each class's source cells so every cell is kept" + (f", first {settings['groups_per_class']} cells per class" if settings["groups_per_class"] else "")
         + ", all symlinks) and the full TEST folder",
         f"- **Raw numbers**: [`{rel}/results.json`]({rel}/results.json); settings in `bench/settings.py`",
         "",

@@ -99,8 +99,8 @@ def main(argv=None) -> int:
         shutil.rmtree(paths.work, ignore_errors=True)  # a whole run starts clean
     paths.work.mkdir(parents=True, exist_ok=True)
     full_root = Path(args.data).resolve()
-    subset_root = make_subset(full_root, bench_root / "data" / f"blood-cells-k{settings.files_per_group}"
-                              f"-g{settings.groups_per_class or 'all'}", settings.files_per_group, settings.groups_per_class)
+    subset_root = make_subset(full_root, bench_root / "data" / f"blood-cells-c{settings.files_per_class}"
+                              f"-g{settings.groups_per_class or 'all'}", settings.files_per_class, settings.groups_per_class)
 
     previous = json.loads(results_path.read_text()) if results_path.is_file() and set(wanted) != set(SECTIONS) else {}
     results = {"meta": _meta(args, backend), "settings": settings.as_dict(), "sections": previous.get("sections", {}),

@@ -20,31 +20,32 @@ OVERHEAD_PARAMS = {
 class Settings:
     quick: bool
     # Section 1 — pipeline overhead, on the full reference TRAIN (QUICK: the subsample)
-    overhead_epochs: int = 3  # per repetition; epochs 2.. are the steady-state epochs
+    overhead_epochs: int = 2  # per repetition; epochs 2.. are the steady-state epochs
     overhead_reps: int = 3
     decode_cold_reps: int = 2
     decode_warm_reps: int = 5
     overhead_full_train: bool = True
-    # The subsample of TRAIN used by sections 2–4: every source group kept, at most this many
-    # augmented copies of each (groups stay whole on one side of the split)
-    files_per_group: int = 4
+    # The class-balanced subsample of TRAIN used by sections 2–4: this many files per class, taken
+    # round-robin over the class's source cells (groups stay whole on one side of the split)
+    files_per_class: int = 300
     groups_per_class: int | None = None  # None: all groups
     # FIX=image_size for sections 2–4: one decoded array for every method; 32 px (below the space's 48/64)
     # so that 12 budgeted searches fit in ~20 minutes on 2 cores, each long enough for several trials
     search_image_size: int = 32
-    search_max_epochs: int = 9  # per trial; Hyperband brackets 1, 3, 9 epochs with reduction factor 3
+    search_max_epochs: int = 9  # section 2, per trial; Hyperband rungs 1, 3, 9 epochs (reduction factor 3)
+    tuner_max_epochs: int = 3  # sections 3–4: short budgets, so trials of at most 3 epochs (rungs 1, 3)
     # Section 2 — pruning
-    pruning_trials: int = 10
+    pruning_trials: int = 8
     pruning_seeds: tuple[int, ...] = (0,)
     # Section 3 — hematune vs KerasTuner, same wall budget per run
-    tuner_budget_s: float = 80.0
+    tuner_budget_s: float = 50.0
     tuner_seeds: tuple[int, ...] = (0, 1, 2)
     target_fraction: float = 0.95  # target = this × the best group-val accuracy any run reached
     # Section 4 — leaky split search, same budget as one section-3 run
     leaky_seeds: tuple[int, ...] = (0,)
     # Section 5 — inference
     latency_reps: int = 30
-    throughput_reps: int = 5
+    throughput_reps: int = 3
     throughput_batch: int = 64
     family_image_size: int = 96  # the smallest size in the backbone spaces (CPU-sized)
     families: tuple[str, ...] = field(default=("cnn", "mobilenet", "efficientnet", "resnet", "vgg"))
@@ -58,7 +59,7 @@ FULL = Settings(quick=False)
 QUICK = Settings(
     quick=True,
     overhead_epochs=2, overhead_reps=2, decode_cold_reps=1, decode_warm_reps=2, overhead_full_train=False,
-    files_per_group=2, groups_per_class=10, search_image_size=32, search_max_epochs=3,
+    files_per_class=16, groups_per_class=10, search_image_size=32, search_max_epochs=3, tuner_max_epochs=2,
     pruning_trials=4, pruning_seeds=(0,),
     tuner_budget_s=12.0, tuner_seeds=(0, 1), leaky_seeds=(0,),
     latency_reps=5, throughput_reps=2, throughput_batch=16, family_image_size=64,

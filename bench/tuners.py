@@ -24,7 +24,7 @@ METHODS = ("hematune", *TUNERS)
 
 
 def run(settings: Settings, paths: Paths, subset_root: Path, log=print) -> dict:
-    size, max_epochs, budget = settings.search_image_size, settings.search_max_epochs, settings.tuner_budget_s
+    size, max_epochs, budget = settings.search_image_size, settings.tuner_max_epochs, settings.tuner_budget_s
     data = prepare(subset_root, seed=0)  # the split every method uses (hematune's own, seed 0)
     arrays = data.arrays(size)
     family_space = load_family_space("cnn", fixed={"image_size": size})

@@ -55,12 +55,13 @@ def test_kerastuner_run_stops_at_its_budget_and_records_each_trial(tmp_path):
     assert values == sorted(values) and max(values) == some["best_value"]
 
 
-def test_subsample_keeps_copies_of_a_cell_together_and_all_of_test(make_dataset, tmp_path):
+def test_subsample_is_balanced_round_robin_over_cells_and_keeps_all_of_test(make_dataset, tmp_path):
     root = make_dataset(classes=2, groups=5, per_group=4)
-    subset = make_subset(root, tmp_path / "subset", files_per_group=2, groups_per_class=3)
+    subset = make_subset(root, tmp_path / "subset", files_per_class=7, groups_per_class=3)
     for cls in ("class0", "class1"):
         names = sorted(p.name for p in (subset / "TRAIN" / cls).iterdir())
-        assert names == [f"_{g}_{n}.png" for g in range(3) for n in range(2)]
+        # one copy of each of the 3 cells, a second of each, then one more: 7 files
+        assert names == sorted([f"_{g}_{n}.png" for n in range(2) for g in range(3)] + ["_0_2.png"])
         assert all(p.is_symlink() for p in (subset / "TRAIN" / cls).iterdir())
     assert sorted(p.name for p in (subset / "TEST" / "class0").iterdir()) == \
         sorted(p.name for p in (root / "TEST" / "class0").iterdir())
