@@ -129,7 +129,7 @@ def section1(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
     axes[1].set(ylabel="seconds", title=f"data ready ({d['images']} images)")
     axes[1].set_yscale("log")
     out += [f"![pipeline]({rel}/{_save(fig, fig_dir / 'pipeline.png')})", ""]
-    return out, {"overhead": (f"epoch overhead of a hematune trial vs bare `model.fit`", "≤ 5 %",
+    return out, {"overhead": ("epoch overhead of a hematune trial vs bare `model.fit`", "≤ 5 %",
                               f"{signed_pct(min_overhead)} on the fastest epochs; medians {signed_pct(s['epoch_overhead'])} "
                               f"({s['reps']} reps, epoch-to-epoch noise {all_max / all_min - 1:.0%})", yes_no(ok)),
                  "decode": ("cold vs warm data start", "—",

@@ -154,7 +154,6 @@ def load_or_decode(
                 if progress is not None:
                     progress(done, len(images))
         pixels.flush()
-        del pixels
         tmp_meta = cache_dir / f"{key}.json{tmp_suffix}"
         tmp_meta.write_text(json.dumps({"usable": usable.tolist(), "problems": problems, "size": size}))
         os.replace(tmp_meta, meta_path)

@@ -11,8 +11,6 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-import keras
-
 from models.common import BuiltModel, ModelConfigError, assemble, load_application, resolve_weights
 
 

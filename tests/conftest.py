@@ -11,7 +11,6 @@ import random
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 

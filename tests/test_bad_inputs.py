@@ -142,21 +142,24 @@ def _a_file(w: World) -> Path:
     return path
 
 
-def _tampered_release(w: World) -> Path:
-    copy = w.root / "tampered" / "v1"
+def _release_copy(w: World, name: str, spoil) -> Path:
+    """A copy of the base release, spoiled once by ``spoil(folder)``."""
+    copy = w.root / name / "v1"
     if not copy.exists():
         shutil.copytree(w.releases / "base" / "v1", copy)
-        with open(copy / "metrics.json", "a") as f:
-            f.write(" ")
+        spoil(copy)
     return copy
+
+
+def _tampered_release(w: World) -> Path:
+    def add_a_space(folder: Path) -> None:
+        with open(folder / "metrics.json", "a") as f:
+            f.write(" ")
+    return _release_copy(w, "tampered", add_a_space)
 
 
 def _extra_file_release(w: World) -> Path:
-    copy = w.root / "extra-file" / "v1"
-    if not copy.exists():
-        shutil.copytree(w.releases / "base" / "v1", copy)
-        (copy / "payload.py").write_text("print('hi')")
-    return copy
+    return _release_copy(w, "extra-file", lambda folder: (folder / "payload.py").write_text("print('hi')"))
 
 
 def _truncated_model_release(w: World) -> Path:
