@@ -134,8 +134,9 @@ def test_ctrl_c_to_local_workers_records_every_running_trial(tmp_path):
     """`hematune search --workers 2` and one Ctrl-C: each worker records its trial as interrupted and queues it."""
     data, studies = tiny_dataset(tmp_path / "cells"), tmp_path / "studies"
     url = f"sqlite:///{studies / 'hematune.db'}"
+    # a budget the run cannot reach before the Ctrl-C, so the workers are still busy whenever both are seen mid-trial
     supervisor = start(["search", "--data", str(data), "--studies-dir", str(studies), "--study", "ctrl-c",
-                        "--trials", "20", "--max-epochs", str(MAX_EPOCHS), "--workers", "2", "--model", "cnn",
+                        "--trials", "200", "--max-epochs", str(MAX_EPOCHS), "--workers", "2", "--model", "cnn",
                         "--fix", "image_size=32", "--fix", "blocks=2", "--pruner", "none"],
                        worker_env(tmp_path / "cache"), tmp_path / "supervisor.log")
     wait_for(lambda: _exists(url, "ctrl-c"), "the study to be created", procs=[supervisor])
