@@ -45,14 +45,14 @@ def _promote(study: str, storage: str | None, studies_dir: Path, paths: Paths) -
     }
 
 
-def default_search(settings: Settings, paths: Paths, full_root: Path, subset_root: Path) -> dict:
+def default_search(settings: Settings, paths: Paths, full_root: Path, search_root: Path) -> dict:
     try:
         result = _promote(DEFAULT_STUDY, None, Path("studies"), paths)
         result["source"] = "the default CPU search already in studies/hematune.db (make search MODEL=cnn)"
         return result
     except (ReportError, *USER_ERRORS) as exc:
         reason = str(exc)
-    root = subset_root if settings.quick else full_root
+    root = search_root if settings.quick else full_root
     budget = "3-trial" if settings.quick else f"{settings.tuner_budget_s:.0f}-second"
     hematune_search(root, paths, "default-cpu", image_size=settings.search_image_size,
                     max_epochs=settings.tuner_max_epochs, trials=3 if settings.quick else 10_000,
@@ -67,17 +67,17 @@ def default_search(settings: Settings, paths: Paths, full_root: Path, subset_roo
     return result
 
 
-def run(settings: Settings, paths: Paths, full_root: Path, subset_root: Path, tuners: dict | None) -> dict:
-    out = {"loadavg_before": loadavg(), "default": default_search(settings, paths, full_root, subset_root)}
+def run(settings: Settings, paths: Paths, full_root: Path, search_root: Path, tuners: dict | None) -> dict:
+    out = {"loadavg_before": loadavg(), "default": default_search(settings, paths, full_root, search_root)}
     group_runs = [r for r in (tuners or {}).get("runs", []) if r["method"] == "hematune"]
     out["group_aware"] = [{"seed": r["seed"], "val_accuracy": r["best_value"], "test": r["test"],
                            "val_images": r["val_images"], "split_rule": r["split_rule"]} for r in group_runs]
     leaky = []
     for seed in settings.leaky_seeds:
-        r = hematune_search(subset_root, paths, f"leaky-s{seed}", image_size=settings.search_image_size,
+        r = hematune_search(search_root, paths, f"leaky-s{seed}", image_size=settings.search_image_size,
                             max_epochs=settings.tuner_max_epochs, seed=0, sampler_seed=seed, pruner="hyperband",
                             timeout=settings.tuner_budget_s, groups="none")
-        test = test_score(Path(r["model_file"]), subset_root, paths.work / "test" / f"leaky-s{seed}") \
+        test = test_score(Path(r["model_file"]), search_root, paths.work / "test" / f"leaky-s{seed}") \
             if r["model_file"] else None
         leaky.append({"seed": seed, "val_accuracy": r["best_value"], "test": test, "val_images": r["val_images"],
                       "split_rule": r["split_rule"], "epochs": r["epochs"], "n_trials": len(r["trials"])})

@@ -117,8 +117,8 @@ def decode_times(root: Path, settings: Settings, size: int) -> dict:
             "cold_runs": cold, "warm_runs": warm}
 
 
-def run(settings: Settings, paths: Paths, full_root: Path, subset_root: Path) -> dict:
-    root = full_root if settings.overhead_full_train else subset_root
+def run(settings: Settings, paths: Paths, full_root: Path, search_root: Path) -> dict:
+    root = full_root if settings.overhead_full_train else search_root
     size = OVERHEAD_PARAMS["image_size"]
     load_before = loadavg()
     decode = decode_times(root, settings, size)

@@ -14,13 +14,13 @@ from bench.searches import hematune_search
 from bench.settings import Settings
 
 
-def run(settings: Settings, paths: Paths, subset_root: Path) -> dict:
+def run(settings: Settings, paths: Paths, search_root: Path) -> dict:
     runs = []
     for seed in settings.pruning_seeds:
         pair = {"seed": seed, "loadavg_before": loadavg()}
         for pruner in ("hyperband", "none"):
             pair[pruner] = hematune_search(
-                subset_root, paths, f"pruning-{pruner}-s{seed}", image_size=settings.search_image_size,
+                search_root, paths, f"pruning-{pruner}-s{seed}", image_size=settings.search_image_size,
                 max_epochs=settings.search_max_epochs, seed=0, sampler_seed=seed, pruner=pruner,
                 trials=settings.pruning_trials)
         pruned, full = pair["hyperband"], pair["none"]

@@ -136,13 +136,24 @@ def section1(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
                             f"{sec(cold['median'])} vs {sec(warm['median'])}" + (f" ({ratio:.0f}×)" if ratio else ""), "—")}
 
 
+def _search_data_text(results: dict, settings: dict) -> str:
+    """What sections 2–4 searched on: the whole TRAIN, or a named class-balanced subsample of it."""
+    if settings.get("files_per_class") is None:
+        return "sections 2–4 search the whole TRAIN folder, and TEST is the full TEST folder"
+    root = results.get("search_root") or results.get("subset_root")
+    return (f"sections 2–4 use a TRAIN subsample (`{Path(root).name}`: {settings['files_per_class']} files per class, "
+            "balanced, taken round-robin over each class's source cells so every cell is kept"
+            + (f", first {settings['groups_per_class']} cells per class" if settings.get("groups_per_class") else "")
+            + ", all symlinks) and the full TEST folder")
+
+
 def section2(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
     out = ["## 2. Pruning savings", ""]
     if (why := _failed(s)):
         return out + [why, ""], {}
     out += [
         f"The same seeded search — CNN space with image_size={s['image_size']}, {s['trials']} trials, at most "
-        f"{s['max_epochs']} epochs each, on the TRAIN subsample (see *Data* below) — once with the default "
+        f"{s['max_epochs']} epochs each, on the search data (see *Data* above) — once with the default "
         "Hyperband pruner and once with `PRUNER=none`. After TPE's 5 start-up trials the two runs can propose "
         "different parameters, since pruned trials inform the sampler differently. hematune's not-learning stop "
         "(training accuracy at the commonest-class rate for 3 epochs) is always on, also with `PRUNER=none`; its "
@@ -251,8 +262,8 @@ def section3(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
     out[-1] += f". Goal ≥ 2×: {yes_no(goal_ok if speedup else None)}."
     if s["best_any"] is not None and s["best_any"] < 0.5:
         out += ["", f"**Inconclusive at this scale**: with {s['train_images']} training images at {s['image_size']} px, "
-                f"trials of at most {s['max_epochs']} epochs and {s['budget_s']:.0f} s per run (what 12 runs on 2 CPU "
-                f"cores allow in ~12 minutes), no run of any method got far above chance (25 %; best "
+                f"trials of at most {s['max_epochs']} epochs and {s['budget_s']:.0f} s per run (what {len(s['runs'])} runs on "
+                f"2 CPU cores allow in ~{len(s['runs']) * s['budget_s'] / 60:.0f} minutes), no run of any method got far above chance (25 %; best "
                 f"{pct(s['best_any'])}). The differences above are noise between near-chance models, not evidence for "
                 "or against either tool; a conclusive comparison needs larger budgets (`bench/settings.py`) or a GPU."]
     out += [""]
@@ -305,7 +316,7 @@ def section4(s: dict, fig_dir: Path, rel: str, s3: dict | None) -> tuple[list[st
         "",
         f"Interval: percentile bootstrap over {d['resampled']}.",
         "",
-        "**Group-aware vs leaky selection** — the same CNN space, subsample and budget as section 3 "
+        "**Group-aware vs leaky selection** — the same CNN space, data and budget as section 3 "
         f"({s['budget_s']:.0f} s per search): the group-aware runs are section 3's hematune runs; the leaky runs use "
         "`GROUPS=none` (each file its own group, i.e. a stratified random split of TRAIN files, so augmented copies "
         "of a training cell sit in validation). The gap is validation minus TEST accuracy of the selected model.",
@@ -332,7 +343,7 @@ def section4(s: dict, fig_dir: Path, rel: str, s3: dict | None) -> tuple[list[st
                     f"{(med['leaky'] - med['group']) * 100:.1f} points more than the group-aware split.", ""]
         else:
             out += [f"Median gap: group-aware {med['group'] * 100:+.1f} points, leaky {med['leaky'] * 100:+.1f} points — "
-                    "**no gap shown at this scale**: the subsample searches barely leave chance level (section 3), and "
+                    "**no gap shown at this scale**: the selected models barely leave chance level (section 3), and "
                     "a model that has not learned the training cells cannot profit from their copies in validation. "
                     "This comparison therefore does not demonstrate the leak here; it needs models that learn "
                     "(a larger budget or a GPU).", ""]
@@ -445,10 +456,7 @@ def render(results: dict, out_md: Path, out_dir: Path) -> None:
         "each section's start value is in results.json",
         f"- **Versions**: {versions}",
         f"- **hematune commit**: `{meta['git_commit']}`{' (with uncommitted changes in the tree)' if meta['git_dirty'] else ''}",
-        f"- **Data**: `{Path(results['data_root']).name}` (reference set); sections 2–4 use a TRAIN subsample "
-        f"(`{Path(results['subset_root']).name}`: {settings.get('files_per_class')} files per class, balanced, taken "
-        f"round-robin over each class's source cells so every cell is kept" + (f", first {settings['groups_per_class']} cells per class" if settings["groups_per_class"] else "")
-        + ", all symlinks) and the full TEST folder",
+        f"- **Data**: `{Path(results['data_root']).name}` (reference set); " + _search_data_text(results, settings),
         f"- **Raw numbers**: [`{rel}/results.json`]({rel}/results.json); settings in `bench/settings.py`",
         "",
         "Backends: " + (f"this run measured Keras on **{meta['backend']}** on the **CPU**. " if "cpu" in meta["device"]

@@ -99,18 +99,19 @@ def main(argv=None) -> int:
         shutil.rmtree(paths.work, ignore_errors=True)  # a whole run starts clean
     paths.work.mkdir(parents=True, exist_ok=True)
     full_root = Path(args.data).resolve()
-    subset_root = make_subset(full_root, bench_root / "data" / f"blood-cells-c{settings.files_per_class}"
-                              f"-g{settings.groups_per_class or 'all'}", settings.files_per_class, settings.groups_per_class)
+    search_root = full_root if settings.files_per_class is None else make_subset(
+        full_root, bench_root / "data" / f"blood-cells-c{settings.files_per_class}-g{settings.groups_per_class or 'all'}",
+        settings.files_per_class, settings.groups_per_class)
 
     previous = json.loads(results_path.read_text()) if results_path.is_file() and set(wanted) != set(SECTIONS) else {}
     results = {"meta": _meta(args, backend), "settings": settings.as_dict(), "sections": previous.get("sections", {}),
                "timing": previous.get("timing", {}), "rerun_sections": wanted if previous else None,
                "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "loadavg_start": loadavg(),
-               "subset_root": str(subset_root), "data_root": str(full_root)}
+               "search_root": str(search_root), "data_root": str(full_root)}
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"hematune bench ({mode}, backend {backend}) → {out_md.relative_to(ROOT)}; logs in {paths.logs}", flush=True)
-    prepare(subset_root, seed=0).arrays(settings.search_image_size)  # decode once, outside every timed search
+    prepare(search_root, seed=0).arrays(settings.search_image_size)  # decode once, outside every timed search
 
     def section(key: str, title: str, fn):
         if key not in wanted:
@@ -130,11 +131,11 @@ def main(argv=None) -> int:
         print(f"  done in {results['timing'][key]:.0f}s", flush=True)
         return value
 
-    section("1", "input pipeline overhead", lambda: pipeline.run(settings, paths, full_root, subset_root))
-    section("2", "pruning savings", lambda: pruning.run(settings, paths, subset_root))
-    s3 = section("3", "hematune vs KerasTuner", lambda: tuners.run(settings, paths, subset_root)) \
+    section("1", "input pipeline overhead", lambda: pipeline.run(settings, paths, full_root, search_root))
+    section("2", "pruning savings", lambda: pruning.run(settings, paths, search_root))
+    s3 = section("3", "hematune vs KerasTuner", lambda: tuners.run(settings, paths, search_root)) \
         or results["sections"].get("3")
-    s4 = section("4", "accuracy", lambda: accuracy.run(settings, paths, full_root, subset_root,
+    s4 = section("4", "accuracy", lambda: accuracy.run(settings, paths, full_root, search_root,
                                                         s3 if s3 and "error" not in s3 else None))
     s4 = s4 or results["sections"].get("4")
     promoted = (s4 or {}).get("default") if s4 and "error" not in s4 else None

@@ -23,9 +23,9 @@ from search.space import load_family_space
 METHODS = ("hematune", *TUNERS)
 
 
-def run(settings: Settings, paths: Paths, subset_root: Path, log=print) -> dict:
+def run(settings: Settings, paths: Paths, search_root: Path, log=print) -> dict:
     size, max_epochs, budget = settings.search_image_size, settings.tuner_max_epochs, settings.tuner_budget_s
-    data = prepare(subset_root, seed=0)  # the split every method uses (hematune's own, seed 0)
+    data = prepare(search_root, seed=0)  # the split every method uses (hematune's own, seed 0)
     arrays = data.arrays(size)
     family_space = load_family_space("cnn", fixed={"image_size": size})
     runs = []
@@ -33,7 +33,7 @@ def run(settings: Settings, paths: Paths, subset_root: Path, log=print) -> dict:
         for method in METHODS:
             before = loadavg()
             if method == "hematune":
-                result = hematune_search(subset_root, paths, f"tuners-hematune-s{seed}", image_size=size,
+                result = hematune_search(search_root, paths, f"tuners-hematune-s{seed}", image_size=size,
                                          max_epochs=max_epochs, seed=0, sampler_seed=seed, pruner="hyperband",
                                          timeout=budget)
                 result.update(method=method, seed=seed, n_trials=len(result["trials"]))
@@ -47,7 +47,7 @@ def run(settings: Settings, paths: Paths, subset_root: Path, log=print) -> dict:
                     model.save(model_file)
                 keras.backend.clear_session()
             result["loadavg_before"] = before
-            result["test"] = test_score(Path(model_file), subset_root, paths.work / "test" / f"{method}-s{seed}") \
+            result["test"] = test_score(Path(model_file), search_root, paths.work / "test" / f"{method}-s{seed}") \
                 if model_file else None
             log(f"  {method} seed {seed}: best val {result['best_value']}, {result['epochs']} epochs, "
                 f"{result['n_trials']} trials, TEST {result['test'] and round(result['test']['accuracy'], 4)}")
