@@ -156,8 +156,8 @@ def section2(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
         f"{s['max_epochs']} epochs each, on the search data (see *Data* above) — once with the default "
         "Hyperband pruner and once with `PRUNER=none`. After TPE's 5 start-up trials the two runs can propose "
         "different parameters, since pruned trials inform the sampler differently. hematune's not-learning stop "
-        "(training accuracy at the commonest-class rate for 3 epochs) is always on, also with `PRUNER=none`; its "
-        "stops are counted apart.",
+        "(training accuracy at the commonest-class rate for 3 epochs) belongs to pruning: on with Hyperband, off "
+        "with `PRUNER=none` (which stops no trial early); its stops are counted apart.",
         "",
         "| seed | pruner | trials: complete / pruned (of which not learning) | epochs trained | wall time | best group-val accuracy |",
         "|---:|---|---|---:|---:|---:|",

@@ -38,10 +38,10 @@ class Settings:
     search_max_epochs: int = 9  # section 2, per trial; Hyperband rungs 1, 3, 9 epochs (reduction factor 3)
     tuner_max_epochs: int = 9  # sections 3–4: the same cap, so KerasTuner's Hyperband runs its 1/3/9 brackets
     # Section 2 — pruning
-    pruning_trials: int = 8
+    pruning_trials: int = 6  # 5 TPE start-up trials + 1: what fits with the unpruned twin in ~15 min
     pruning_seeds: tuple[int, ...] = (0,)
     # Section 3 — hematune vs KerasTuner, same wall budget per run
-    tuner_budget_s: float = 140.0  # 12 runs ≈ 28 min plus TEST scoring
+    tuner_budget_s: float = 120.0  # 12 runs ≈ 24 min plus TEST scoring
     tuner_seeds: tuple[int, ...] = (0, 1, 2)
     target_fraction: float = 0.95  # target = this × the best group-val accuracy any run reached
     # Section 4 — leaky split search, same budget as one section-3 run
