@@ -76,3 +76,19 @@ def test_best_so_far_curve_and_time_to_target():
     assert time_to(curve, 0.5) == 2.0
     assert time_to(curve, 0.6) == 12.0
     assert time_to(curve, 0.71) is None
+
+
+def test_time_to_target_ratio_is_only_claimed_as_far_as_the_runs_can_tell():
+    from bench.report import ratio_verdict
+
+    exact, bound = {"time_to_target_is_lower_bound": False}, {"time_to_target_is_lower_bound": True}
+    assert ratio_verdict(3.0, exact, exact, 120)[0::2] == ("3.00×", "**met**")
+    assert ratio_verdict(1.5, exact, exact, 120)[0::2] == ("1.50×", "**missed**")
+    # KerasTuner mostly never reached the target: its median is the budget, the ratio only a lower bound
+    assert ratio_verdict(1.03, exact, bound, 120)[0::2] == ("≥ 1.03×", "**not shown**")
+    assert ratio_verdict(2.5, exact, bound, 120)[0::2] == ("≥ 2.50×", "**met**")
+    # hematune mostly never reached it: an upper bound, which below 2× is enough to call the goal missed
+    assert ratio_verdict(1.5, bound, exact, 120)[0::2] == ("≤ 1.50×", "**missed**")
+    assert ratio_verdict(2.5, bound, exact, 120)[0::2] == ("≤ 2.50×", "**not shown**")
+    assert ratio_verdict(1.0, bound, bound, 120)[0::2] == ("unknown", "**not shown**")
+    assert ratio_verdict(None, exact, exact, 120)[2] == "—"
