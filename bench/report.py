@@ -315,6 +315,13 @@ def _params_text(params: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items() if k not in skip)
 
 
+def _gap_spread(gaps: dict) -> str:
+    """'Gaps ranged …' per split kind: how far one seed's gap says anything."""
+    parts = [f"{kind} {min(v) * 100:+.1f} to {max(v) * 100:+.1f} points over {len(v)} seeds" if len(v) > 1 else
+             f"{kind} one seed, so no spread" for kind, v in (("group-aware", gaps["group"]), ("leaky", gaps["leaky"])) if v]
+    return "Gaps ranged: " + "; ".join(parts) + "."
+
+
 def section4(s: dict, fig_dir: Path, rel: str, s3: dict | None) -> tuple[list[str], dict]:
     out = ["## 4. Accuracy", ""]
     if (why := _failed(s)):
@@ -358,7 +365,7 @@ def section4(s: dict, fig_dir: Path, rel: str, s3: dict | None) -> tuple[list[st
         if med["leaky"] - med["group"] >= 0.02:
             out += [f"Median gap: group-aware {med['group'] * 100:+.1f} points, leaky {med['leaky'] * 100:+.1f} points: "
                     f"a random split over-states what the selected model does on new cells by "
-                    f"{(med['leaky'] - med['group']) * 100:.1f} points more than the group-aware split.", ""]
+                    f"{(med['leaky'] - med['group']) * 100:.1f} points more than the group-aware split. " + _gap_spread(gaps), ""]
         else:
             out += [f"Median gap: group-aware {med['group'] * 100:+.1f} points, leaky {med['leaky'] * 100:+.1f} points — "
                     "**the leak is not demonstrated by this run**: the random split's validation score did not "
@@ -366,7 +373,7 @@ def section4(s: dict, fig_dir: Path, rel: str, s3: dict | None) -> tuple[list[st
                     "training cells whose copies sit in validation; the short, low-resolution searches here stop "
                     "before that (per-epoch training accuracy is in the run logs), and the group-aware gap is the "
                     "optimism of picking the best of several noisy validation scores over few source cells. "
-                    f"{len(s['leaky'])} leaky seed(s), so no spread.", ""]
+                    + _gap_spread(gaps), ""]
     fig, ax = plt.subplots(figsize=(6, 3))
     labels, vals, tests, errs = [], [], [], [[], []]
     entries = [("default", d["val_accuracy"], d["test_accuracy"], d["test_ci95"])]
