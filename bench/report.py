@@ -138,10 +138,9 @@ def section1(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
 
 def _search_data_text(results: dict, settings: dict) -> str:
     """What sections 2–4 searched on: the whole TRAIN, or a named class-balanced subsample of it."""
-    if settings.get("files_per_class") is None:
+    if results["search_root"] == results["data_root"]:
         return "sections 2–4 search the whole TRAIN folder, and TEST is the full TEST folder"
-    root = results.get("search_root") or results.get("subset_root")
-    return (f"sections 2–4 use a TRAIN subsample (`{Path(root).name}`: {settings['files_per_class']} files per class, "
+    return (f"sections 2–4 use a TRAIN subsample (`{Path(results['search_root']).name}`: {settings['files_per_class']} files per class, "
             "balanced, taken round-robin over each class's source cells so every cell is kept"
             + (f", first {settings['groups_per_class']} cells per class" if settings.get("groups_per_class") else "")
             + ", all symlinks) and the full TEST folder")
@@ -362,18 +361,18 @@ def section4(s: dict, fig_dir: Path, rel: str, s3: dict | None) -> tuple[list[st
     med = {k: statistics.median(v) if v else None for k, v in gaps.items()}
     out += [""]
     if med["group"] is not None and med["leaky"] is not None:
+        gap_text = f"Median gap: group-aware {med['group'] * 100:+.1f} points, leaky {med['leaky'] * 100:+.1f} points"
         if med["leaky"] - med["group"] >= 0.02:
-            out += [f"Median gap: group-aware {med['group'] * 100:+.1f} points, leaky {med['leaky'] * 100:+.1f} points: "
-                    f"a random split over-states what the selected model does on new cells by "
-                    f"{(med['leaky'] - med['group']) * 100:.1f} points more than the group-aware split. " + _gap_spread(gaps), ""]
+            gap_text += (f": a random split over-states what the selected model does on new cells by "
+                         f"{(med['leaky'] - med['group']) * 100:.1f} points more than the group-aware split. ")
         else:
-            out += [f"Median gap: group-aware {med['group'] * 100:+.1f} points, leaky {med['leaky'] * 100:+.1f} points — "
-                    "**the leak is not demonstrated by this run**: the random split's validation score did not "
-                    "over-state TEST accuracy by more than the group-aware one's. A random split inflates validation only once a model has fit the "
-                    "training cells whose copies sit in validation; the short, low-resolution searches here stop "
-                    "before that (per-epoch training accuracy is in the run logs), and the group-aware gap is the "
-                    "optimism of picking the best of several noisy validation scores over few source cells. "
-                    + _gap_spread(gaps), ""]
+            gap_text += (" — **the leak is not demonstrated by this run**: the random split's validation score did not "
+                         "over-state TEST accuracy by more than the group-aware one's. A random split inflates "
+                         "validation only once a model has fit the training cells whose copies sit in validation; the "
+                         "short, low-resolution searches here stop before that (per-epoch training accuracy is in the "
+                         "run logs), and the group-aware gap is the optimism of picking the best of several noisy "
+                         "validation scores over few source cells. ")
+        out += [gap_text + _gap_spread(gaps), ""]
     fig, ax = plt.subplots(figsize=(6, 3))
     labels, vals, tests, errs = [], [], [], [[], []]
     entries = [("default", d["val_accuracy"], d["test_accuracy"], d["test_ci95"])]
