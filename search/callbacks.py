@@ -7,6 +7,8 @@
   that is not learning at all (`search.pruning.not_learning`) and at the
   study's wall-clock deadline.
 * `BatchProgress` — a live progress bar on a terminal; silent otherwise.
+* `InterruptCheck` — re-raises a Ctrl-C whose exception Python swallowed
+  (`search.interrupts`), at the next batch.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 import keras
 import optuna
 
+from search import interrupts
 from search.pruning import not_learning
 
 METRIC = "val_accuracy"  # what Keras 3 logs for metrics=["accuracy"] on validation data
@@ -90,3 +93,13 @@ class BatchProgress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.progress.remove_task(self.task)
+
+
+class InterruptCheck(keras.callbacks.Callback):
+    """After every training and validation batch: stop for a Ctrl-C that arrived but was not raised."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupts.check()
+
+    def on_test_batch_end(self, batch, logs=None):
+        interrupts.check()

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from search import interrupts
 from search.environment import quiet_backend_logs
 
 quiet_backend_logs()  # before anything imports TensorFlow
@@ -121,6 +122,7 @@ COMMANDS = {"search": cmd_search, "worker": cmd_worker, "dashboard": cmd_dashboa
 
 def main(argv: list[str] | None = None) -> int:
     quiet_backend_logs()
+    interrupts.install_if_default_sigint()
     args = build_parser().parse_args(argv)
     from search.errors import USER_ERRORS
     from search.storage import STORAGE_ERRORS, describe_failure

@@ -20,7 +20,7 @@ import optuna
 from models.common import unfreeze_top
 from models.registry import build_model
 from search import artifacts
-from search.callbacks import EpochReporter
+from search.callbacks import EpochReporter, InterruptCheck
 from search.data import SearchData
 from search.environment import device_description, package_versions
 from search.space import SearchSpace
@@ -88,7 +88,8 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
     reporter = EpochReporter(trial, deadline=ctx.deadline,
                              chance=ctx.data.chance_level() if ctx.stop_not_learning else None,
                              on_epoch=ctx.reporter.epoch_ended if ctx.reporter else None)
-    callbacks = [reporter] + (ctx.reporter.batch_callbacks(len(x_train), batch_size) if ctx.reporter else [])
+    callbacks = [InterruptCheck(), reporter] + (ctx.reporter.batch_callbacks(len(x_train), batch_size)
+                                                if ctx.reporter else [])
     for first, end, lr, fraction in _phases(params, built, max_epochs):
         if first >= end:
             continue

@@ -41,6 +41,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from search import interrupts  # Keras-free too
 from search.errors import SearchConfigError  # Keras-free, like this module
 
 HEARTBEAT_S, GRACE_S = 20, 90
@@ -91,6 +92,7 @@ def retry_when_interrupted(objective):
     and its parameters are queued to run first when the study resumes; Optuna then marks it FAIL."""
     def _objective(trial: optuna.Trial) -> float:
         try:
+            interrupts.check()  # a Ctrl-C swallowed between trials stops here, before any training
             return objective(trial)
         except KeyboardInterrupt:
             requeued = queue_retry(trial.study, trial.number, trial.params, trial.distributions,

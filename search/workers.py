@@ -30,6 +30,7 @@ import threading
 import warnings
 from pathlib import Path
 
+from search import interrupts
 from search.errors import SearchConfigError
 
 STOP_WAIT_S = 120  # after Ctrl-C, how long workers get to record their trials before being killed
@@ -102,9 +103,9 @@ def cmd_worker(args) -> int:
         config, _ = joined_config(args.study, storage, args.studies_dir, args.data, args.trials, args.timeout)
         return _supervise(config, args.workers)
     # a scheduler's or supervisor's SIGTERM is a Ctrl-C: the running trial is recorded, then exit
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupts.install(signal.SIGTERM)
     if SUPERVISED in os.environ:  # the supervisor forwards Ctrl-C, even when it was started with SIGINT ignored
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        interrupts.install(signal.SIGINT)
     config, space = joined_config(args.study, storage, args.studies_dir, args.data, args.trials, args.timeout)
     from search.runner import run_search
 
