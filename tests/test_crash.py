@@ -195,6 +195,7 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_training(monkeypatch):
     """The CI flake behind `search.interrupts`: a signal whose KeyboardInterrupt is raised inside a ``__del__``
     is printed as 'ignored' and lost; the recorded request must still stop training at the next batch."""
     import gc
+    import sys
 
     import keras
     import numpy as np
@@ -203,6 +204,7 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_training(monkeypatch):
     from search.callbacks import InterruptCheck
 
     monkeypatch.setattr(interrupts, "_requested", False)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
     previous = signal.getsignal(signal.SIGUSR1)
     interrupts.install(signal.SIGUSR1)  # SIGUSR1 stands in for SIGINT, so pytest's own Ctrl-C is left alone
 
@@ -221,3 +223,24 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_training(monkeypatch):
             model.fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[InterruptCheck()])
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_only_a_recorded_ctrl_c_is_kept_out_of_the_ignored_exception_report(monkeypatch):
+    """The 'Exception ignored' traceback is left out for a swallowed Ctrl-C (it is raised again later) — and for
+    nothing else: any other unraisable exception, or a KeyboardInterrupt no signal recorded, is reported."""
+    import sys
+    import types
+
+    from search import interrupts
+
+    reported = []
+    monkeypatch.setattr(sys, "__unraisablehook__", reported.append)
+    unraisable = lambda exc: types.SimpleNamespace(exc_value=exc)  # noqa: E731 - the fields the hook reads
+
+    monkeypatch.setattr(interrupts, "_requested", True)
+    interrupts._report_unraisable(unraisable(KeyboardInterrupt()))
+    assert reported == []
+    interrupts._report_unraisable(unraisable(ValueError("a real finalizer bug")))
+    monkeypatch.setattr(interrupts, "_requested", False)
+    interrupts._report_unraisable(unraisable(KeyboardInterrupt()))
+    assert [type(u.exc_value) for u in reported] == [ValueError, KeyboardInterrupt]
