@@ -94,9 +94,7 @@ def _check_resume(study: optuna.Study, data: SearchData, space: SearchSpace) -> 
             f"STUDY={study.study_name}: was created on other data (fingerprint {attrs['data_fingerprint']} ≠ "
             f"{data.fingerprint}); use a new STUDY name for this data")
     if attrs["space_fingerprint"] != space.fingerprint:
-        raise SearchConfigError(
-            f"STUDY={study.study_name}: was created with a different search space (MODEL, SPACE or FIX changed); "
-            "use a new STUDY name or restore the old space")
+        raise SearchConfigError(f"STUDY={study.study_name}: {space.change_from(attrs.get('space'))}")
     if attrs.get("split_rule") != data.split.rule:
         raise SearchConfigError(f"STUDY={study.study_name}: was created with GROUPS rule {attrs.get('split_rule')}; "
                                 "use the same GROUPS or a new STUDY name")
@@ -195,6 +193,7 @@ def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, c
         f"data {data.index.root} · {len(data.classes)} classes · train {len(data.split.train)} / "
         f"validation {len(data.split.val)} images · split {data.split.rule} · fingerprint {data.fingerprint}"
     )
+    reporter.line(space.describe())  # which profile's file (CPU/GPU) or SPACE= this search samples from
     if remaining_trials <= 0:
         reporter.line(f"the study already has {done} finished trials (TRIALS={config.trials}); raise TRIALS to search more")
         return SearchOutcome(study)

@@ -12,12 +12,20 @@ fixed value or a distribution::
 ``when`` makes a parameter conditional on earlier ones (define-by-run).
 ``MODEL=all`` makes the family itself a categorical parameter and prefixes
 each family's parameters with ``<family>.`` so their ranges never clash.
+
+Every family has two profiles: ``studies/spaces/<family>.yaml`` is sized for a
+laptop CPU (the default search must fit its 25-minute budget) and
+``studies/spaces/gpu/<family>.yaml`` for an accelerator (larger images, wider
+CNNs, larger batches, more epochs). The profile follows what Keras really
+trains on (``search.environment.device_description()``), so installing a GPU
+backend is enough to get the bigger space; ``SPACE=`` still wins, and
+``FIX=`` pins parameters of whichever file is read.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -26,16 +34,42 @@ import yaml
 from models.registry import FAMILIES
 from search.errors import SearchConfigError
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "studies" / "spaces"
+ROOT = Path(__file__).resolve().parent.parent
+SPACES_DIR = ROOT / "studies" / "spaces"
+PROFILE_DIRS = {"cpu": SPACES_DIR, "gpu": SPACES_DIR / "gpu"}
+PROFILE_REASONS = {"cpu": "no accelerator found", "gpu": "accelerator found"}
 KINDS = ("float", "int", "categorical")
+
+
+def profile_for(device: str) -> str:
+    """``"gpu"`` when Keras trains on an accelerator (``device_description()`` reads ``gpu: …``), else ``"cpu"``."""
+    return "gpu" if device.strip().lower().startswith("gpu:") else "cpu"
+
+
+def _shown(path: Path) -> str:
+    """A space file as the user would type it: relative to the project for the shipped ones."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The resolved space of one study: per family, the training and model entries."""
+    """The resolved space of one study: per family, the training and model entries.
+
+    ``profile`` and ``source`` say where the entries came from (for the first
+    lines of a search and the resume check); they are not part of the
+    fingerprint, so two profiles that held the same entries would be one space.
+    A space read back from a study by a joining worker may not know them.
+    """
 
     model: str  # a family name or "all"
     families: dict[str, dict]  # family -> {"training": {...}, "model": {...}}
+    profile: str | None = field(default=None, compare=False)  # "cpu" or "gpu": the device's profile
+    source: str | None = field(default=None, compare=False)  # the file(s) read, e.g. studies/spaces/gpu/cnn.yaml
+    explicit: bool = field(default=False, compare=False)  # SPACE= named the file, overriding the profile
 
     @property
     def fingerprint(self) -> str:
@@ -43,7 +77,35 @@ class SearchSpace:
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "families": self.families}
+        return {"model": self.model, "families": self.families, "profile": self.profile, "source": self.source,
+                "explicit": self.explicit}
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> "SearchSpace":
+        """The space a study stored with ``as_dict`` (older studies stored only model and families)."""
+        return cls(stored["model"], stored["families"], stored.get("profile"), stored.get("source"),
+                   bool(stored.get("explicit")))
+
+    def describe(self) -> str:
+        """One line for the start of a search, e.g. ``space studies/spaces/gpu/cnn.yaml (GPU profile: accelerator found)``."""
+        if self.source is None:
+            return "space as stored with the study"
+        profile = f"{self.profile.upper()} profile" if self.profile else "profile unknown"
+        if self.explicit:
+            default = _shown(PROFILE_DIRS[self.profile] / f"{self.model}.yaml") if self.profile else "the profile's"
+            return f"space {self.source} (SPACE=, instead of the {profile}'s {default})"
+        return f"space {self.source} ({profile}: {PROFILE_REASONS.get(self.profile, '?')})"
+
+    def change_from(self, stored: dict | None) -> str:
+        """Why a study's stored space is not this one, in words, for the resume refusal."""
+        old = SearchSpace.from_dict(stored) if stored and "families" in stored else SearchSpace("?", {})
+        if old.profile and self.profile and old.profile != self.profile and not (old.explicit or self.explicit):
+            keep = f", pass SPACE={old.source} to keep its space" if self.model != "all" else ""
+            return (f"was created with the {old.profile.upper()} profile's search space ({old.source}) and this run "
+                    f"has the {self.profile.upper()} profile's ({self.source}); resume it on a {old.profile.upper()} "
+                    f"machine{keep}, or use a new STUDY name")
+        return (f"was created with a different search space (MODEL, SPACE or FIX changed; the study's: {_origin(old)}; "
+                f"this run's: {_origin(self)}); use a new STUDY name or restore the old space")
 
     def suggest(self, trial: optuna.Trial) -> tuple[str, dict]:
         """Ask the trial for every parameter; return (family, flat params without prefix)."""
@@ -59,6 +121,11 @@ class SearchSpace:
                 continue
             params[name] = _suggest_one(trial, prefix + name, spec)
         return family, params
+
+
+def _origin(space: SearchSpace) -> str:
+    profile = f"{space.profile.upper()} profile" if space.profile else "profile not recorded"
+    return f"{space.source or 'file not recorded'}, {profile}" + (" overridden by SPACE=" if space.explicit else "")
 
 
 def _condition_holds(spec, params: dict) -> bool:
@@ -121,18 +188,30 @@ def load_family_space(family: str, spaces_dir: Path = SPACES_DIR, space_file: Pa
 
 
 def load_space(model: str, *, space_file: str | None = None, fixed: dict | None = None,
-               spaces_dir: Path = SPACES_DIR) -> SearchSpace:
-    """The search space for MODEL= (a family or ``all``)."""
+               device: str | None = None) -> SearchSpace:
+    """The search space for MODEL= (a family or ``all``) on DEVICE (default: what Keras trains on here).
+
+    The device text picks the profile (:func:`profile_for`); an explicit
+    ``space_file`` (SPACE=) is read instead of the profile's file.
+    """
+    if device is None:
+        from search.environment import device_description  # imports Keras: only when a search really starts
+
+        device = device_description()
+    profile = profile_for(device)
+    spaces_dir = PROFILE_DIRS[profile]
     if model == "all":
         if space_file:
             raise SearchConfigError("SPACE= applies to one family; MODEL=all reads every family's own file")
         families = {name: load_family_space(name, spaces_dir) for name in FAMILIES}
         if fixed:
             raise SearchConfigError("FIX= applies to one family; with MODEL=all edit the space files instead")
-        return SearchSpace("all", families)
+        return SearchSpace("all", families, profile, _shown(spaces_dir) + "/*.yaml")
     if model not in FAMILIES:
         raise SearchConfigError(f"MODEL={model}: unknown model; choose one of {', '.join(FAMILIES)} or all")
-    return SearchSpace(model, {model: load_family_space(model, spaces_dir, space_file and Path(space_file), fixed)})
+    families = {model: load_family_space(model, spaces_dir, space_file and Path(space_file), fixed)}
+    return SearchSpace(model, families, profile, space_file or _shown(spaces_dir / f"{model}.yaml"),
+                       explicit=bool(space_file))
 
 
 def parse_fixed(items: list[str]) -> dict:

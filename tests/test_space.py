@@ -1,10 +1,11 @@
-"""Search-space files: parsing, FIX, conditional parameters and MODEL=all."""
+"""Search-space files: parsing, FIX, conditional parameters, MODEL=all and the CPU/GPU profiles."""
 import optuna
 import pytest
 
 from models.registry import FAMILIES
 from search.errors import SearchConfigError
-from search.space import SPACES_DIR, load_space, parse_fixed
+from search import preflight
+from search.space import PROFILE_DIRS, SPACES_DIR, load_family_space, load_space, parse_fixed, profile_for
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -85,3 +86,108 @@ def test_parse_fixed_reads_yaml_scalars():
 
 def test_space_files_live_in_studies():
     assert SPACES_DIR.name == "spaces" and SPACES_DIR.parent.name == "studies"
+
+
+# --- device profiles: studies/spaces/<family>.yaml (CPU) and studies/spaces/gpu/<family>.yaml ---------------
+
+GPU = "gpu: NVIDIA H100 80GB HBM3"
+CPU = "cpu: 2 cores, Intel Xeon"
+
+
+@pytest.mark.parametrize("device, profile", [
+    (GPU, "gpu"), ("gpu: Tesla T4", "gpu"), (CPU, "cpu"), ("cpu: 16 cores, AMD EPYC", "cpu"), ("", "cpu"),
+])
+def test_profile_follows_the_device_text(device, profile):
+    assert profile_for(device) == profile
+    space = load_space("cnn", device=device)
+    assert space.profile == profile
+    expected = "studies/spaces/gpu/cnn.yaml" if profile == "gpu" else "studies/spaces/cnn.yaml"
+    assert space.source == expected
+    assert space.families["cnn"] == load_family_space("cnn", PROFILE_DIRS[profile])
+
+
+def test_the_first_lines_name_the_profile_and_the_file():
+    assert load_space("cnn", device=GPU).describe() == "space studies/spaces/gpu/cnn.yaml (GPU profile: accelerator found)"
+    assert load_space("vgg", device=CPU).describe() == "space studies/spaces/vgg.yaml (CPU profile: no accelerator found)"
+    assert load_space("all", device=GPU).describe() == "space studies/spaces/gpu/*.yaml (GPU profile: accelerator found)"
+
+
+def test_an_explicit_space_file_wins_over_the_gpu_profile(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("training: {image_size: 32, learning_rate: 0.001, batch_size: 8, max_epochs: 1}\n"
+                    "model: {blocks: 2, base_width: {type: categorical, choices: [4, 8]}}\n")
+    space = load_space("cnn", space_file=str(path), device=GPU)
+    assert space.families["cnn"]["training"]["image_size"] == 32
+    assert space.families["cnn"]["model"]["base_width"]["choices"] == [4, 8]
+    assert space.explicit and space.source == str(path)
+    assert space.describe() == f"space {path} (SPACE=, instead of the GPU profile's studies/spaces/gpu/cnn.yaml)"
+
+
+def test_fix_pins_parameters_of_the_gpu_profile():
+    space = load_space("cnn", device=GPU, fixed=parse_fixed(["image_size=96", "blocks=4"]))
+    _, params = space.suggest(optuna.create_study().ask())
+    assert params["image_size"] == 96 and params["blocks"] == 4
+    assert params["base_width"] in (16, 32, 64)  # still the GPU file's choices
+
+
+def _values(spec) -> list:
+    return spec["choices"] if spec["type"] == "categorical" else [spec["low"], spec["high"]]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_has_both_profiles_and_the_gpu_one_is_larger(family):
+    cpu, gpu = load_space(family, device=CPU), load_space(family, device=GPU)
+    assert (SPACES_DIR / f"{family}.yaml").is_file() and (SPACES_DIR / "gpu" / f"{family}.yaml").is_file()
+    assert cpu.fingerprint != gpu.fingerprint  # resuming on the other profile is noticed
+    c, g = cpu.families[family]["training"], gpu.families[family]["training"]
+    assert set(cpu.families[family]["model"]) == set(gpu.families[family]["model"])  # same knobs, other ranges
+    assert set(c) == set(g)
+    assert max(_values(g["image_size"])) > max(_values(c["image_size"])) or family != "cnn"
+    assert max(_values(g["image_size"])) == (160 if family == "cnn" else 224)
+    assert min(_values(g["image_size"])) >= (64 if family == "cnn" else 128)
+    assert max(_values(g["batch_size"])) > max(_values(c["batch_size"]))
+    assert g["max_epochs"] > c["max_epochs"]
+    preflight.check_image_sizes(gpu)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        chosen, params = gpu.suggest(study.ask())
+        assert chosen == family and "learning_rate" in params
+
+
+def test_gpu_cnn_is_wider_and_every_depth_fits_every_image_size():
+    model = load_space("cnn", device=GPU).families["cnn"]["model"]
+    assert max(model["base_width"]["choices"]) == 64
+    sizes = load_space("cnn", device=GPU).families["cnn"]["training"]["image_size"]["choices"]
+    # models/cnn.py refuses image_size < 2 ** blocks * 2: no trial of this space may be unbuildable
+    assert min(sizes) >= 2 ** model["blocks"]["high"] * 2
+
+
+def test_resuming_on_the_other_profile_is_refused_naming_both_profiles(make_dataset, tmp_path):
+    from search.data import prepare
+    from search.runner import SearchConfig, open_study
+    from search.storage import open_storage
+
+    data = prepare(make_dataset(), seed=0)
+    config = SearchConfig(data=str(data.index.root), study="profiles", studies_dir=tmp_path / "studies")
+    storage = open_storage(f"sqlite:///{tmp_path / 'studies.db'}")
+    (tmp_path / "studies").mkdir()
+    open_study(config, storage, data, load_space("cnn", device=CPU), 12)
+    open_study(config, storage, data, load_space("cnn", device=CPU), 12)  # same profile: resumes
+    with pytest.raises(SearchConfigError) as refused:
+        open_study(config, storage, data, load_space("cnn", device=GPU), 27)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message == ("STUDY=profiles: was created with the CPU profile's search space (studies/spaces/cnn.yaml) and "
+                       "this run has the GPU profile's (studies/spaces/gpu/cnn.yaml); resume it on a CPU machine, pass "
+                       "SPACE=studies/spaces/cnn.yaml to keep its space, or use a new STUDY name")
+    # the way out it names works: the CPU file named explicitly on the GPU machine is the study's space
+    explicit = load_space("cnn", device=GPU, space_file=str(SPACES_DIR / "cnn.yaml"))
+    open_study(config, storage, data, explicit, 12)
+
+
+def test_a_space_change_within_one_profile_keeps_the_usual_message():
+    stored = load_space("cnn", device=CPU).as_dict()
+    changed = load_space("cnn", device=CPU, fixed={"blocks": 3})
+    assert changed.change_from(stored).startswith("was created with a different search space (MODEL, SPACE or FIX changed")
+    old = {"model": "cnn", "families": stored["families"]}  # a study created before profiles were recorded
+    assert "profile not recorded" in load_space("cnn", device=GPU).change_from(old)
