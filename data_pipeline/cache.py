@@ -10,8 +10,10 @@ never a crash half-way through a folder.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,9 @@ from data_pipeline.ingest import ImageSet
 
 MAX_PIXELS = 40_000_000  # larger than any smear crop; beyond it we suspect a decompression bomb
 MIN_SIDE = 8  # pixels; smaller cannot hold a cell
-FORMAT_VERSION = 1  # bump when decoding changes, so old entries are not reused
+FORMAT_VERSION = 2  # bump when decoding changes, so old entries are not reused (2: only IMAGE_FORMATS open)
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")  # Pillow's names; a GIF or PSD renamed .png is unreadable
+_IN_MEMORY = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 def default_cache_dir() -> Path:
@@ -50,18 +54,23 @@ class DecodedImages:
         return np.asarray(self.pixels[self.usable]), self.labels[self.usable]
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One file → (size, size, 3) uint8 RGB, stretched to a square.
+def decode_image(source: str | os.PathLike | bytes, size: int) -> np.ndarray:
+    """One image (a file path, or the bytes of an upload) → (size, size, 3) uint8 RGB, stretched to a square.
 
-    Raises ValueError with a short reason for anything unusable. Used by the
-    cache and by prediction, so both see exactly the same pixels.
+    Raises ValueError with a short reason for anything unusable. The one
+    decoder of hematune: the training cache, ``predict`` and the server all
+    call it, so a served prediction sees exactly the pixels training saw.
+    Only the formats hematune documents are opened (JPEG, PNG, BMP, TIFF):
+    Pillow can open many more, some through external programs, and the server
+    feeds this function bytes from strangers.
     """
+    from_bytes = isinstance(source, (bytes, bytearray, memoryview))
     try:
-        if os.path.getsize(path) == 0:
+        if (len(source) if from_bytes else os.path.getsize(source)) == 0:
             raise ValueError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(source) if from_bytes else source, formats=IMAGE_FORMATS) as img:
                 width, height = img.size
                 if width * height > MAX_PIXELS:
                     raise ValueError(f"{width}x{height} pixels is too large (possible decompression bomb)")
@@ -74,6 +83,7 @@ def decode_image(path: Path, size: int) -> np.ndarray:
         raise
     except (OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = _IN_MEMORY.sub("", reason)  # "<_io.BytesIO object at 0x…>" says nothing to a user
         raise ValueError(f"unreadable image ({reason})") from None
 
 

@@ -21,6 +21,8 @@ quiet_backend_logs()  # before anything imports TensorFlow
 from reports.commands import COMMANDS as REPORT_COMMANDS  # noqa: E402
 from reports.commands import add_parsers as add_report_parsers  # noqa: E402
 from search.workers import add_worker_command, cmd_worker  # noqa: E402
+from serving.commands import COMMANDS as SERVE_COMMANDS  # noqa: E402
+from serving.commands import add_parser as add_serve_parser  # noqa: E402
 
 
 def _positive_int(text: str) -> int:
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=_positive_int, default=8080, help="port on 127.0.0.1 (default 8080)")
     dashboard.add_argument("--study", help="print the URL of this study's page")
     add_report_parsers(commands)  # report, export, promote, verify, predict
+    add_serve_parser(commands)  # serve
     return parser
 
 
@@ -117,7 +120,7 @@ def cmd_dashboard(args) -> int:
 
 
 COMMANDS = {"search": cmd_search, "worker": cmd_worker, "dashboard": cmd_dashboard,
-            **REPORT_COMMANDS}  # report, export, promote, verify, predict
+            **REPORT_COMMANDS, **SERVE_COMMANDS}  # report, export, promote, verify, predict; serve
 
 
 def main(argv: list[str] | None = None) -> int:
