@@ -1,8 +1,9 @@
 """What every family shares: the model wrapper, the head, weights and fine-tuning.
 
 A model is ``uint8-range image → augmentation → family scaling → body → head``,
-built from standard Keras layers only, so a saved ``.keras`` file loads in safe
-mode on any backend without hematune installed.
+built from standard Keras layers plus hematune's augmentation layer; the
+``.keras`` files hematune saves drop the latter (``without_augmentation``), so
+they load in safe mode on any backend without hematune installed.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 from data_pipeline.augment import build_augmentation
 from models.errors import ModelConfigError  # noqa: F401 - re-exported for the families
 
-AUGMENTATION = "augmentation"  # the layer name build_augmentation gives its block
+AUGMENTATION = "augmentation"  # the layer name build_augmentation gives its layer
 
 
 @dataclass
@@ -92,12 +93,12 @@ def assemble(
 
 
 def without_augmentation(model: keras.Model) -> keras.Model:
-    """The same model (shared weights) with its augmentation block replaced by an identity.
+    """The same model (shared weights) with its augmentation layer replaced by an identity.
 
-    Keras random layers default to training mode on a bare ``model(x)`` call,
-    so a saved model that kept them would augment a user's images unless they
-    remembered ``training=False``. Files hematune saves are for inference:
-    they carry no augmentation at all.
+    Files hematune saves are for inference: they carry no augmentation at
+    all. The augmentation is hematune's own layer class, so a file that kept
+    it would load (in safe mode) only where hematune is installed; with a
+    standard identity in its place any Keras can load it.
     """
     def swap(layer):
         if layer.name == AUGMENTATION:
