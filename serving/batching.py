@@ -10,8 +10,12 @@ merging off). Requests of different release versions (during a champion
 switch) never share a batch: each request finishes on the model it started
 with.
 
-The model is called through `reports.evaluate.predict_probs`, the same call
-``hematune predict`` makes.
+The model runs through Keras's compiled predict step (``predict_on_batch``:
+a ``tf.function`` on TensorFlow, ``jit`` on JAX) rather than an eager call:
+the same layers and weights, and on the CPU release 1.3 ms instead of 9 ms for
+one image (same outputs to the last bit in that check). Batches are padded to
+a power of two, so a backend that compiles per shape (JAX/XLA) compiles at
+most seven shapes up to 64 images, all of them before the server says ready.
 """
 from __future__ import annotations
 
@@ -21,6 +25,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+WARM_UP_UP_TO = 64  # images; the default --max-files and --max-batch
+
+
+def classify(model, pixels: np.ndarray) -> np.ndarray:
+    """Softmax outputs (n, classes) for uint8 images (n, size, size, 3), through the compiled predict step."""
+    import keras
+
+    n = len(pixels)
+    batch = np.zeros((1 << max(n - 1, 0).bit_length(), *pixels.shape[1:]), dtype="float32")
+    batch[:n] = pixels
+    return np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(batch)), dtype="float32")[:n]
+
+
+def warm_up(model, image_size: int) -> None:
+    """Compile every padded batch shape now, so the first requests do not pay for it."""
+    size = 1
+    while size <= WARM_UP_UP_TO:
+        classify(model, np.zeros((size, image_size, image_size, 3), dtype=np.uint8))
+        size *= 2
 
 
 @dataclass
@@ -71,8 +95,6 @@ class Batcher:
         return batch
 
     async def _loop(self) -> None:
-        from reports.evaluate import predict_probs
-
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
@@ -84,8 +106,7 @@ class Batcher:
                 pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([j.pixels for j in batch])
                 model = batch[0].release.model
                 try:
-                    probs = await loop.run_in_executor(self._thread, predict_probs, model, pixels,
-                                                       max(len(pixels), 1))
+                    probs = await loop.run_in_executor(self._thread, classify, model, pixels)
                 except Exception as exc:  # noqa: BLE001 - handed to each waiting request, which answers 500
                     for job in batch:
                         if not job.done.done():

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from reports.errors import ReportError
+from serving.batching import warm_up
 
 # reports.release imports Keras: it is imported where a release is loaded, after the port is bound, so
 # `/health` can say "loading" while TensorFlow starts.
@@ -93,6 +94,7 @@ def load_release(path: Path) -> LoadedRelease:
 
     checked = verify(path)
     folder = checked.path
+    warm_up(checked.model, int(checked.preprocessing["image_size"]))
     front, sections = _card_parts((folder / CARD).read_text())
     return LoadedRelease(
         name=str(checked.metrics.get("release") or folder.parent.name), version=folder.name, path=folder,
