@@ -24,9 +24,6 @@ CHAMPION   ?=
 RELEASE    ?=
 HOST       ?=
 TOKEN      ?=
-RELEASE    ?=
-HOST       ?=
-TOKEN      ?=
 PORT       ?= 8080
 WORKERS    ?=
 QUICK      ?=
@@ -43,7 +40,6 @@ help:
 	@echo "make report STUDY=…                       Markdown comparison report → reports/<study>.md (reads TEST)"
 	@echo "make export STUDY=… [TRIAL=best|N]         best model → exports/<study>/model.keras + labels, preprocessing"
 	@echo "make promote STUDY=… [TRIAL=] [NAME=] [CHAMPION=1]  versioned release → releases/<name>/v<N>/"
-	@echo "make serve [NAME=…|RELEASE=releases/<name>/vN] [PORT=8000] [HOST=…] [TOKEN=…]  upload page + JSON API on 127.0.0.1"
 	@echo "make serve [NAME=…|RELEASE=releases/<name>/vN] [PORT=8000] [HOST=…] [TOKEN=…]  upload page + JSON API on 127.0.0.1"
 	@echo "make test                                   run the test suite"
 	@echo "make bench [QUICK=1]                        benchmarks side by side → reports/bench.md (≤ 60 min; QUICK: minutes)"
@@ -84,14 +80,6 @@ export: $(STAMP)
 promote: $(STAMP)
 	$(BIN)/hematune promote --study "$(STUDY)" --trial "$(TRIAL)" $(call opt,--storage,$(STORAGE)) \
 		$(call opt,--name,$(NAME)) $(if $(filter 1 yes true,$(CHAMPION)),--champion)
-
-# serves the champion of releases/$(NAME) (and follows it), or one RELEASE=releases/<name>/v<N>; PORT defaults to
-# 8000 here (8080 is the dashboard's); the token goes in the environment, not in the process list
-.PHONY: serve
-serve: $(STAMP)
-	$(if $(strip $(TOKEN)),HEMATUNE_TOKEN="$(strip $(TOKEN))") $(BIN)/hematune serve $(call opt,--release,$(RELEASE)) \
-		$(if $(strip $(RELEASE)),,$(call opt,--name,$(NAME))) $(call opt,--host,$(HOST)) \
-		--port $(if $(filter command line environment,$(origin PORT)),$(PORT),8000)
 
 # serves the champion of releases/$(NAME) (and follows it), or one RELEASE=releases/<name>/v<N>; PORT defaults to
 # 8000 here (8080 is the dashboard's); the token goes in the environment, not in the process list
