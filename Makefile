@@ -43,6 +43,7 @@ help:
 	@echo "make serve [NAME=…|RELEASE=releases/<name>/vN] [PORT=8000] [HOST=…] [TOKEN=…]  upload page + JSON API on 127.0.0.1"
 	@echo "make test                                   run the test suite"
 	@echo "make bench [QUICK=1]                        benchmarks side by side → reports/bench.md (≤ 60 min; QUICK: minutes)"
+	@echo "make augment-preview [DATA=…]               augmented cells at strengths 0–1 → docs/augmentation.png (check by eye)"
 
 install: $(STAMP)
 
@@ -97,3 +98,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(if $(filter 1 yes true,$(QUICK)),--quick)
 	$(BIN)/python -m bench.serving $(if $(filter 1 yes true,$(QUICK)),--quick) $(call opt,--release,$(RELEASE))
+
+# a PNG grid of real cells from DATA at every aug_strength: what training feeds the model
+.PHONY: augment-preview
+augment-preview: $(STAMP)
+	$(BIN)/python -m data_pipeline.preview --data "$(DATA)"
