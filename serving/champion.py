@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from reports.errors import ReportError
+from search.storage import redacted
 from serving.batching import warm_up
 
 # reports.release imports Keras: it is imported where a release is loaded, after the port is bound, so
@@ -69,7 +70,7 @@ class LoadedRelease:
             "validation_accuracy": (self.metrics.get("validation") or {}).get("accuracy"),
             "intended_use": self.card_sections.get("intended_use", ""),
             "limitations": self.card_sections.get("limitations", ""),
-            "metrics": self.metrics,
+            "metrics": {**self.metrics, "storage": redacted(str(self.metrics.get("storage", "")))},  # no password
             "card": self.card,
         }
 

@@ -198,7 +198,7 @@ async def read_uploads(request, limits: Limits) -> list[Upload]:
         return await read_multipart(request, limits)
     if media == "application/json":
         return await read_json(request, limits)
-    raise BadInput(415, f"content type {media or '(none)'!r} is not accepted; send multipart/form-data files "
+    raise BadInput(415, f"content type {media or '(none)'!r} is not accepted; use multipart/form-data files "
                         f"or application/json: {JSON_SHAPE}")
 
 

@@ -503,3 +503,13 @@ def test_make_serve_passes_its_variables():
                          text=True, check=True).stdout.replace("\\\n", " ")
     line = [l for l in out.splitlines() if "hematune serve" in l][0]
     assert '--release "releases/wbc/v2"' in line and "--port 8000" in line and "--name" not in line
+
+
+def test_model_answer_hides_a_storage_password():
+    from serving.champion import LoadedRelease
+
+    loaded = LoadedRelease("n", "v1", Path("r/n/v1"), None, ["a", "b"], 32, "0" * 64,
+                           {"storage": "postgresql://lab:s3cret@db.example/hematune", "test": {"accuracy": 0.9}}, {})
+    described = loaded.describe()
+    assert "s3cret" not in json.dumps(described) and described["metrics"]["storage"].startswith("postgresql://lab:***@")
+    assert described["test_accuracy"] == 0.9
