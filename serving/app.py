@@ -143,7 +143,7 @@ def create_app(champion: Champion, options: ServeOptions | None = None, on_fatal
     bearer = HTTPBearer(auto_error=False, description="the token the server was started with (--token / "
                                                       "HEMATUNE_TOKEN); needed only when it has one")
 
-    def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if options.token is None:
             return
         given = credentials.credentials if credentials else ""

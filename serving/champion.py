@@ -129,10 +129,6 @@ class Champion:
             self.follows_pointer = not (self.target / SUMS).is_file()
             return self._current
 
-    @property
-    def ready(self) -> bool:
-        return self._current is not None
-
     def loaded(self) -> LoadedRelease:
         if self._current is None:
             raise NotReady("the model is still loading")
@@ -156,7 +152,7 @@ class Champion:
                 if not VERSION.match(pointer):
                     raise ReportError(f"{self.target / 'champion'} holds {pointer[:40]!r}, not a version like v2")
                 fresh = load_release(self.target / pointer)
-            except ReportError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever is wrong with the new one, the old one keeps serving
                 self._refused, self.reload_error = pointer, f"champion {pointer} not served: {exc}"
                 self._log(f"hematune serve: {self.reload_error}; still serving {loaded.version}")
                 return loaded
