@@ -125,7 +125,9 @@ class SearchSpace:
 
 def _origin(space: SearchSpace) -> str:
     profile = f"{space.profile.upper()} profile" if space.profile else "profile not recorded"
-    return f"{space.source or 'file not recorded'}, {profile}" + (" overridden by SPACE=" if space.explicit else "")
+    if space.explicit:
+        return f"SPACE={space.source} instead of the {profile}'s file"
+    return f"{space.source or 'file not recorded'}, {profile}"
 
 
 def _condition_holds(spec, params: dict) -> bool:
