@@ -204,7 +204,7 @@ def create_app(champion: Champion, options: ServeOptions | None = None, on_fatal
         uploads = await read_uploads(request, options.limits)
         pixels = await run_in_threadpool(decode_uploads, uploads, release.image_size)
         probs = await batcher.predict(release, pixels)
-        return {"model": release.identity(),
-                "predictions": [prediction(u.name, p, release) for u, p in zip(uploads, probs)]}
+        return JSONResponse({"model": release.identity(),  # plain JSON types already: no jsonable_encoder pass
+                             "predictions": [prediction(u.name, p, release) for u, p in zip(uploads, probs)]})
 
     return app
