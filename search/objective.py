@@ -23,6 +23,7 @@ from search import artifacts
 from search.callbacks import EpochReporter, InterruptCheck
 from search.data import SearchData
 from search.environment import device_description, package_versions
+from search.precision import precision_policy
 from search.space import SearchSpace
 
 
@@ -44,6 +45,7 @@ class SearchContext:
     deadline: float | None = None  # time.time() after which trials stop at the end of an epoch
     reporter: object | None = None  # search.progress.TerminalReporter or None
     stop_not_learning: bool = True  # PRUNER=none turns this off too: no trial is stopped early
+    precision: str = "float32"  # a resolved Keras dtype policy (search/precision.py), never "auto"
 
 
 def _phases(params: dict, built, max_epochs: int) -> list[tuple[int, int, float, float | None]]:
@@ -70,6 +72,7 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
     trial.set_user_attr("max_epochs", max_epochs)
     trial.set_user_attr("backend", keras.backend.backend())
     trial.set_user_attr("device", device_description())
+    trial.set_user_attr("precision", ctx.precision)
     trial.set_user_attr("data_fingerprint", ctx.data.fingerprint)
     trial.set_user_attr("split_rule", ctx.data.split.rule)
     trial.set_user_attr("versions", package_versions())
@@ -140,7 +143,8 @@ def objective(ctx: SearchContext):
     """The Optuna objective: records why a trial failed before Optuna marks it FAIL."""
     def _objective(trial: optuna.Trial) -> float:
         try:
-            return run_trial(trial, ctx)
+            with precision_policy(ctx.precision):  # build, train and save in it; the next trial starts clean
+                return run_trial(trial, ctx)
         except optuna.TrialPruned:
             raise
         except Exception as exc:

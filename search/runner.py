@@ -18,11 +18,14 @@ from pathlib import Path
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
+from rich.markup import escape
 
 from search.annotate import TrialAnnotator, annotate_study
 from search.data import SearchData, prepare, write_manifest
+from search.environment import device_description, gpu_unused_warning
 from search.errors import SearchConfigError
 from search.objective import SearchContext, objective
+from search.precision import check_precision, resolve_precision
 from search import preflight
 from search.progress import TerminalReporter
 from search.pruning import PRUNERS, make_pruner
@@ -55,6 +58,7 @@ class SearchConfig:
     # None: the sampler uses `seed`. Parallel workers each draw their own (search/workers.py): with one
     # shared seed they would all propose the same random start-up trials.
     sampler_seed: int | None = None
+    precision: str = "auto"  # PRECISION=: auto, float32, mixed_bfloat16, mixed_float16 (search/precision.py)
 
     def study_name(self) -> str:
         if self.study:
@@ -76,6 +80,7 @@ def check_config(config: SearchConfig) -> None:
                                 "(no '/' or spaces), at most 100 characters")
     if config.pruner not in PRUNERS:
         raise SearchConfigError(f"PRUNER={config.pruner}: choose one of {', '.join(PRUNERS)}")
+    check_precision(config.precision)
 
 
 def _max_epochs(config: SearchConfig, space: SearchSpace) -> int:
@@ -124,7 +129,8 @@ def open_study(config: SearchConfig, storage: RDBStorage, data: SearchData, spac
             # what `hematune worker` needs to join with only STUDY and STORAGE (search/workers.py)
             "worker_settings": {"model": config.model, "groups": config.groups, "val_fraction": config.val_fraction,
                                 "seed": config.seed, "pruner": config.pruner, "weights": config.weights,
-                                "max_epochs": config.max_epochs, "keep_top": config.keep_top},
+                                "max_epochs": config.max_epochs, "keep_top": config.keep_top,
+                                "precision": config.precision},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }.items():
             study.set_user_attr(key, value)
@@ -156,6 +162,21 @@ class _StopAfterFailures:
             self.streak = 0
 
 
+def announce_device(config: SearchConfig, reporter: TerminalReporter) -> str:
+    """Print the device, backend and precision trials will use (and a warning for an unused GPU); return
+    the resolved precision."""
+    import keras
+
+    device = device_description()
+    precision = resolve_precision(config.precision, device)
+    reporter.line(escape(f"device {device} · backend {keras.backend.backend()} · precision {precision} "
+                         f"(PRECISION={config.precision})"))
+    warning = gpu_unused_warning(device)
+    if warning:
+        reporter.line(f"[yellow]warning:[/yellow] {escape(warning)}")
+    return precision
+
+
 @dataclass
 class SearchOutcome:
     study: optuna.Study
@@ -171,6 +192,8 @@ def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, c
     # a failed or interrupted trial is reported in one line with its reason (progress, objective);
     # Optuna's own warning would add a traceback
     logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
+    reporter = reporter or TerminalReporter(None, console)
+    precision = announce_device(config, reporter)  # the first line: where and in what precision trials train
     # a joining worker passes the space stored on the study (search/workers.py)
     space = space or load_space(config.model, space_file=config.space_file, fixed=config.fixed)
     preflight.check(space, config.weights)  # before any study is created or touched
@@ -179,7 +202,6 @@ def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, c
     storage = open_storage(config.storage_url())
     study = open_study(config, storage, data, space, max_epochs)
     annotate_study(study)  # the dashboard's study note, once
-    reporter = reporter or TerminalReporter(study, console)
     reporter.study = study
     data.on_problems = lambda problems: reporter.line(
         f"[yellow]skipped {len(problems)} unusable image(s)[/yellow] (kept out of training): " + "; ".join(
@@ -205,7 +227,7 @@ def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, c
         data=data, space=space, studies_dir=Path(config.studies_dir), weights=config.weights,
         max_epochs=config.max_epochs, seed=config.seed, keep_top=config.keep_top,
         deadline=None if remaining_time is None else time.time() + remaining_time, reporter=reporter,
-        stop_not_learning=config.pruner != "none",
+        stop_not_learning=config.pruner != "none", precision=precision,
     )
     failures = _StopAfterFailures(config.max_consecutive_failures)
     annotator = TrialAnnotator(data, Path(config.studies_dir), config.keep_top, warn=reporter.line)
