@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 from search import interrupts
-from search.environment import quiet_backend_logs
+from search.environment import quiet_backend_logs, select_backend
 
 quiet_backend_logs()  # before anything imports TensorFlow
+select_backend()  # before anything imports Keras: JAX on a visible GPU, or GPU=0 hides the GPUs
 
 # The command modules import no backend at module level, so --help stays fast.
 from reports.commands import COMMANDS as REPORT_COMMANDS  # noqa: E402
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--keep-top", type=_positive_int, default=3, help="trials that keep a model file (default 3)")
     search.add_argument("--workers", type=_positive_int, default=1,
                         help="local worker processes sharing the study (default 1); see `hematune worker`")
+    search.add_argument("--precision", default="auto", help="auto (default: mixed_bfloat16 on GPUs with bfloat16, "
+                        "mixed_float16 on older GPUs, float32 on CPU), float32, mixed_bfloat16 or mixed_float16")
     add_worker_command(commands)
 
     dashboard = commands.add_parser("dashboard", help="browse studies in optuna-dashboard (127.0.0.1 only)",
@@ -89,7 +92,7 @@ def cmd_search(args) -> int:
         data=args.data, model=args.model, study=args.study, storage=args.storage, studies_dir=args.studies_dir,
         trials=args.trials, timeout=args.timeout, max_epochs=args.max_epochs, groups=args.groups,
         val_fraction=args.val_fraction, seed=args.seed, pruner=args.pruner, weights=args.weights,
-        space_file=args.space, fixed=fixed, keep_top=args.keep_top,
+        space_file=args.space, fixed=fixed, keep_top=args.keep_top, precision=args.precision,
     )
     if args.workers != 1:  # N local processes on one study (search/workers.py)
         from search.workers import search_with_workers
@@ -125,6 +128,7 @@ COMMANDS = {"search": cmd_search, "worker": cmd_worker, "dashboard": cmd_dashboa
 
 def main(argv: list[str] | None = None) -> int:
     quiet_backend_logs()
+    select_backend()
     interrupts.install_if_default_sigint()
     args = build_parser().parse_args(argv)
     from search.errors import USER_ERRORS

@@ -1,13 +1,24 @@
-"""Where a trial ran: backend, device, package versions.
+"""Where a trial runs: which backend and device, package versions.
 
 This is the one module allowed to touch a backend's own API (``tensorflow``,
-``jax``, ``torch``) — only to *describe* the device, never to compute.
+``jax``, ``torch``) — the marked adapter. It describes the device and sets
+the backend up, never computes.
+
+GPU choice, before Keras is imported (``select_backend``, called by the CLI):
+with KERAS_BACKEND unset, an installed CUDA plugin for JAX (``make install``
+adds it where ``nvidia-smi`` works) and a GPU ``nvidia-smi`` lists, hematune
+trains on JAX, on the GPU. ``HEMATUNE_GPU=0`` (``make … GPU=0``) hides every
+GPU instead. Only cheap checks run there (``importlib.util.find_spec``,
+``nvidia-smi -L``): ``hematune --help`` imports no backend.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import platform
+import re
+import shutil
 import subprocess
 from functools import lru_cache
 from importlib import metadata
@@ -21,6 +32,86 @@ def quiet_backend_logs() -> None:
     """Keep TensorFlow's C++ start-up chatter off the terminal (must run before keras is imported)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+
+
+GPU_SETTING = "HEMATUNE_GPU"  # make … GPU=0
+CUDA_JAX_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin")  # what jax[cuda12] / jax[cuda13] install
+_NVIDIA_GPU_LINE = re.compile(r"^GPU (\d+): (.+?)(?: \(UUID: ([^)]+)\))?$", re.MULTILINE)
+
+
+def gpu_disabled() -> bool:
+    return os.environ.get(GPU_SETTING, "").strip().lower() in ("0", "no", "false", "off")
+
+
+def nvidia_gpus() -> list[tuple[str, str, str]]:
+    """(index, name, uuid) of every GPU ``nvidia-smi -L`` lists; [] without a driver. Imports no backend."""
+    executable = shutil.which("nvidia-smi")
+    if not executable:
+        return []
+    try:
+        out = subprocess.run([executable, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    return [(m.group(1), m.group(2).strip(), m.group(3) or "") for m in _NVIDIA_GPU_LINE.finditer(out.stdout)]
+
+
+def visible_gpus() -> list[tuple[str, str]]:
+    """(CUDA_VISIBLE_DEVICES entry, name) of the GPUs this process may use: none with GPU=0, and
+    only those CUDA_VISIBLE_DEVICES names (by index or UUID) when it is set."""
+    if gpu_disabled():
+        return []
+    gpus = nvidia_gpus()
+    chosen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if chosen is None:
+        return [(index, name) for index, name, _ in gpus]
+    by_id = {key: name for index, name, uuid in gpus for key in (index, uuid) if key}
+    return [(entry, by_id.get(entry, "GPU")) for entry in (e.strip() for e in chosen.split(",")) if entry
+            and entry in by_id]
+
+
+def cuda_jax_installed() -> bool:
+    return any(importlib.util.find_spec(name) is not None for name in CUDA_JAX_PLUGINS)
+
+
+def select_backend() -> None:
+    """Choose the device before Keras is imported (it reads KERAS_BACKEND once).
+
+    GPU=0: hide every GPU from every backend and keep the default backend.
+    Otherwise, when the user did not choose a backend, JAX with its CUDA
+    plugin is used wherever a GPU is visible; the default backend on x86-64
+    (tensorflow-cpu) cannot use one.
+    """
+    if gpu_disabled():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        return
+    if "KERAS_BACKEND" not in os.environ and cuda_jax_installed() and visible_gpus():
+        os.environ["KERAS_BACKEND"] = "jax"
+
+
+def gpu_unused_warning(device: str) -> str | None:
+    """What to do when ``nvidia-smi`` sees a GPU but Keras trains on ``device`` = "cpu: …"; else None."""
+    if device.startswith("gpu:") or gpu_disabled():
+        return None
+    gpus = visible_gpus()
+    if not gpus:
+        return None
+    import keras
+
+    backend = keras.backend.backend()
+    seen = f"nvidia-smi sees {len(gpus)} GPU(s) ({gpus[0][1]}) but the {backend} backend trains on the CPU"
+    if backend == "jax" and cuda_jax_installed():
+        fix = ("JAX's CUDA plugin found no usable GPU: check the driver (python -c 'import jax; print(jax.devices())')"
+               + (f", and unset JAX_PLATFORMS={os.environ['JAX_PLATFORMS']}" if "JAX_PLATFORMS" in os.environ else ""))
+    elif not cuda_jax_installed():
+        fix = "run `make install` on this machine (it adds jax[cuda12], which hematune then uses by itself)"
+        if "KERAS_BACKEND" in os.environ and backend != "jax":
+            fix += f" and unset KERAS_BACKEND={backend}"
+    else:
+        fix = f"unset KERAS_BACKEND={backend} (hematune then trains on JAX with its installed CUDA plugin)"
+    return f"{seen}: {fix}; GPU=0 trains on the CPU without this warning"
 
 
 @lru_cache(maxsize=1)
@@ -46,26 +137,34 @@ def _cpu_name() -> str:
 
 @lru_cache(maxsize=1)
 def device_description() -> str:
-    """e.g. ``gpu: NVIDIA H100 80GB HBM3`` or ``cpu: 2 cores, Intel Xeon …``."""
+    """e.g. ``gpu: NVIDIA H100 80GB HBM3 (compute capability 9.0)`` or ``cpu: 2 cores, Intel Xeon …``.
+
+    The compute capability decides PRECISION=auto (search/precision.py).
+    """
     import keras
 
     backend = keras.backend.backend()
-    accelerator = None
+    accelerator, capability = None, None
     if backend == "jax":
         jax = importlib.import_module("jax")
         devices = [d for d in jax.devices() if d.platform != "cpu"]
-        accelerator = devices[0].device_kind if devices else None
+        if devices:
+            accelerator = devices[0].device_kind
+            capability = getattr(devices[0], "compute_capability", None)
     elif backend == "tensorflow":  # --- TensorFlow adapter: description only ---
         tf = importlib.import_module("tensorflow")
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
             details = tf.config.experimental.get_device_details(gpus[0])
             accelerator = details.get("device_name", gpus[0].name)
+            capability = ".".join(map(str, details["compute_capability"])) if "compute_capability" in details else None
     elif backend == "torch":
         torch = importlib.import_module("torch")
-        accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            accelerator = torch.cuda.get_device_name(0)
+            capability = ".".join(map(str, torch.cuda.get_device_capability(0)))
     if accelerator:
-        return f"gpu: {accelerator}"
+        return f"gpu: {accelerator}" + (f" (compute capability {capability})" if capability else "")
     return f"cpu: {os.cpu_count()} cores, {_cpu_name()}"
 
 
