@@ -18,6 +18,12 @@ exactly once, so each records its running trial as interrupted before it
 exits. A worker that dies without that chance (``kill -9``, power loss)
 leaves its trial to the heartbeat: the other workers, or the next run, mark
 it failed after the grace period and run its parameters again.
+
+On a machine with several GPUs each local worker gets its own: worker i sees
+only GPU (i-1) mod G through CUDA_VISIBLE_DEVICES (the usual recipe for
+Optuna workers, counted with ``nvidia-smi -L``, no backend import). More
+workers than GPUs is allowed, with a warning: they share, and grow their GPU
+memory as they need it instead of each reserving most of it up front.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import warnings
 from pathlib import Path
 
 from search import interrupts
+from search.environment import visible_gpus
 from search.errors import SearchConfigError
 
 STOP_WAIT_S = 120  # after Ctrl-C, how long workers get to record their trials before being killed
@@ -54,6 +61,7 @@ def add_worker_command(commands) -> None:
     worker.add_argument("--trials", type=_positive_int, default=20, help="finished trials the study should have")
     worker.add_argument("--timeout", type=_number, help="wall-clock budget of the study's trials, seconds")
     worker.add_argument("--workers", type=_positive_int, default=1, help="local worker processes to start (default 1)")
+    worker.add_argument("--precision", help="auto, float32, mixed_bfloat16 or mixed_float16 (default: the study's)")
 
 
 def _refuse_workers(n: int) -> None:
@@ -63,7 +71,7 @@ def _refuse_workers(n: int) -> None:
 
 
 def joined_config(study_name: str, storage_url: str, studies_dir: Path, data: str | None, trials: int,
-                  timeout: float | None):
+                  timeout: float | None, precision: str | None = None):
     """(SearchConfig, SearchSpace) of an existing study, from what it recorded at creation."""
     import optuna
 
@@ -88,6 +96,7 @@ def joined_config(study_name: str, storage_url: str, studies_dir: Path, data: st
         groups=settings["groups"], val_fraction=settings["val_fraction"], seed=settings["seed"],
         pruner=settings["pruner"], weights=settings["weights"], keep_top=settings["keep_top"],
         sampler_seed=int.from_bytes(os.urandom(4), "little"),  # workers must not propose the same trials
+        precision=precision or settings.get("precision", "auto"),  # auto is resolved on each worker's device
     )
     return config, SearchSpace(space["model"], space["families"])
 
@@ -100,13 +109,15 @@ def cmd_worker(args) -> int:
     storage = args.storage or DEFAULT_STORAGE.format(studies_dir=args.studies_dir)
     _refuse_workers(args.workers)
     if args.workers > 1:
-        config, _ = joined_config(args.study, storage, args.studies_dir, args.data, args.trials, args.timeout)
+        config, _ = joined_config(args.study, storage, args.studies_dir, args.data, args.trials, args.timeout,
+                                  args.precision)
         return _supervise(config, args.workers)
     # a scheduler's or supervisor's SIGTERM is a Ctrl-C: the running trial is recorded, then exit
     interrupts.install(signal.SIGTERM)
     if SUPERVISED in os.environ:  # the supervisor forwards Ctrl-C, even when it was started with SIGINT ignored
         interrupts.install(signal.SIGINT)
-    config, space = joined_config(args.study, storage, args.studies_dir, args.data, args.trials, args.timeout)
+    config, space = joined_config(args.study, storage, args.studies_dir, args.data, args.trials, args.timeout,
+                                  args.precision)
     from search.runner import run_search
 
     outcome = run_search(config, space=space)
@@ -116,8 +127,12 @@ def cmd_worker(args) -> int:
 def search_with_workers(config, workers: int) -> int:
     """``hematune search --workers N``: create or check the study here, then run N local workers on it."""
     _refuse_workers(workers)
+    base_env = dict(os.environ)
+    # choosing the space profile asks the backend for the device; on JAX that would reserve most of a GPU's
+    # memory in this process, which trains nothing, and leave too little for the worker pinned to it
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     create_or_check_study(config)
-    return _supervise(config, workers)
+    return _supervise(config, workers, base_env)
 
 
 def create_or_check_study(config):
@@ -142,7 +157,7 @@ def create_or_check_study(config):
 def _worker_argv(config, index: int) -> list[str]:
     argv = [sys.executable, "-m", "search", "worker", "--study", config.study_name(), "--storage",
             config.storage_url(), "--studies-dir", str(config.studies_dir), "--trials", str(config.trials),
-            "--data", str(config.data)]
+            "--data", str(config.data), "--precision", config.precision]
     if config.timeout is not None:
         argv += ["--timeout", str(config.timeout)]
     return argv
@@ -165,15 +180,43 @@ def _relay(index: int, stream, lock: threading.Lock, last_error: dict) -> None:
             print(f"[w{index}] {line}", flush=True)
 
 
-def _supervise(config, workers: int) -> int:
-    """Start ``workers`` worker processes on the study and wait for all of them."""
-    base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def gpu_pinning(workers: int, gpus: list[tuple[str, str]]) -> tuple[list[dict[str, str]], list[str]]:
+    """Per worker 1…N, the environment that pins it to one GPU; and the lines that tell the user.
+
+    ``gpus`` is ``search.environment.visible_gpus()``: (CUDA_VISIBLE_DEVICES entry, name). With no GPU
+    the workers' environment is left alone.
+    """
+    if not gpus:
+        return [{} for _ in range(workers)], []
+    shared = workers > len(gpus)
+    pins = []
+    for index in range(workers):
+        pin = {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)][0]}
+        if shared:  # several processes on one GPU: allocate as needed (JAX, TensorFlow) instead of up front
+            pin.update(XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_FORCE_GPU_ALLOW_GROWTH="true")
+        pins.append(pin)
+    lines = ["GPUs: " + ", ".join(f"worker {i} → GPU {pin['CUDA_VISIBLE_DEVICES']}"
+                                  for i, pin in enumerate(pins, start=1)) + f" ({gpus[0][1]})"]
+    if shared:
+        lines.append(f"warning: WORKERS={workers} is more than the {len(gpus)} GPU(s) here: workers share GPUs, "
+                     "each taking GPU memory as it needs it; a worker that runs out of it fails its trial. "
+                     f"WORKERS={len(gpus)} gives each worker a GPU of its own")
+    return pins, lines
+
+
+def _supervise(config, workers: int, base_env: dict | None = None) -> int:
+    """Start ``workers`` worker processes on the study, one per GPU where there are GPUs, and wait for all."""
+    base_env = {**(os.environ if base_env is None else base_env), "PYTHONUNBUFFERED": "1"}
     lock, last_error, procs, relays = threading.Lock(), {}, [], []
+    pins, lines = gpu_pinning(workers, visible_gpus())
     print(f"starting {workers} workers on study {config.study_name()} ({config.storage_url()})", flush=True)
+    for line in lines:
+        print(line, flush=True)
     for index in range(1, workers + 1):
         # own session: a terminal's Ctrl-C reaches only this process, which forwards it once
+        env = {**base_env, SUPERVISED: str(index), **pins[index - 1]}
         proc = subprocess.Popen(_worker_argv(config, index), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env={**base_env, SUPERVISED: str(index)}, start_new_session=True, preexec_fn=_die_with_parent)
+                                text=True, env=env, start_new_session=True, preexec_fn=_die_with_parent)
         relay = threading.Thread(target=_relay, args=(index, proc.stdout, lock, last_error), daemon=True)
         relay.start()
         procs.append(proc)
