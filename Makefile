@@ -26,14 +26,21 @@ HOST       ?=
 TOKEN      ?=
 PORT       ?= 8080
 WORKERS    ?=
+PRECISION  ?=
+GPU        ?=
 QUICK      ?=
 
 opt = $(if $(strip $(2)),$(1) "$(strip $(2))")
+comma := ,
+# GPU=0 hides every GPU (hematune trains on the CPU); otherwise a GPU nvidia-smi lists gets a CUDA backend
+no_gpu = $(filter 0 no false off,$(GPU))
+gpu_env = $(if $(strip $(GPU)),HEMATUNE_GPU=$(strip $(GPU)))
+EXTRAS = dev,postgres$(if $(no_gpu),,$(if $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo y),$(comma)gpu))
 
 .PHONY: install search test help dashboard
 
 help:
-	@echo "make search MODEL=cnn DATA=path/to/images   run or resume a study (TRIALS, TIMEOUT, MAX_EPOCHS, STUDY, STORAGE, GROUPS, PRUNER, WEIGHTS, SPACE, FIX, SEED)"
+	@echo "make search MODEL=cnn DATA=path/to/images   run or resume a study (TRIALS, TIMEOUT, MAX_EPOCHS, STUDY, STORAGE, GROUPS, PRUNER, WEIGHTS, SPACE, FIX, SEED, PRECISION, GPU=0)"
 	@echo "make search … WORKERS=4                     the same with 4 local worker processes on one study"
 	@echo "make worker STUDY=… [STORAGE=postgresql://…] [WORKERS=N]  join an existing study (another terminal or machine)"
 	@echo "make dashboard [STUDY=…] [STORAGE=…] [PORT=8080]  browse studies in optuna-dashboard on 127.0.0.1"
@@ -50,21 +57,21 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,postgres]'
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 search: $(STAMP)
-	$(BIN)/hematune search --model $(MODEL) --data "$(DATA)" --trials $(TRIALS) $(call opt,--timeout,$(TIMEOUT)) \
+	$(gpu_env) $(BIN)/hematune search --model $(MODEL) --data "$(DATA)" --trials $(TRIALS) $(call opt,--timeout,$(TIMEOUT)) \
 		$(call opt,--max-epochs,$(MAX_EPOCHS)) $(call opt,--study,$(STUDY)) $(call opt,--storage,$(STORAGE)) \
 		$(call opt,--groups,$(GROUPS)) $(call opt,--pruner,$(PRUNER)) $(call opt,--weights,$(WEIGHTS)) \
 		$(call opt,--space,$(SPACE)) $(call opt,--fix,$(FIX)) $(call opt,--seed,$(SEED)) \
-		$(call opt,--workers,$(WORKERS))
+		$(call opt,--workers,$(WORKERS)) $(call opt,--precision,$(PRECISION))
 
 # joins an existing study: data, model, space and split come from the study; DATA only if given here
 .PHONY: worker
 worker: $(STAMP)
-	$(BIN)/hematune worker $(call opt,--study,$(STUDY)) $(call opt,--storage,$(STORAGE)) --trials $(TRIALS) \
-		$(call opt,--timeout,$(TIMEOUT)) $(call opt,--workers,$(WORKERS)) \
+	$(gpu_env) $(BIN)/hematune worker $(call opt,--study,$(STUDY)) $(call opt,--storage,$(STORAGE)) --trials $(TRIALS) \
+		$(call opt,--timeout,$(TIMEOUT)) $(call opt,--workers,$(WORKERS)) $(call opt,--precision,$(PRECISION)) \
 		$(if $(filter command line environment,$(origin DATA)),--data "$(DATA)")
 
 dashboard: $(STAMP)
