@@ -444,10 +444,153 @@ def section5(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
     return out, head
 
 
+BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX"}
+
+
+def _where(r: dict) -> str:
+    """'JAX · CPU' / 'JAX · GPU (NVIDIA H100 …)' for one backend's measurement."""
+    device = r["device"].split(":", 1)
+    kind = device[0].upper()
+    return f"{BACKEND_NAMES.get(r['backend'], r['backend'])} · {kind}" + (f" ({device[1].strip()})" if kind == "GPU" else "")
+
+
+def _epochs_text(s: dict) -> str:
+    """A steady-state epoch: its median over the epochs after the first, and their range."""
+    if not s or not s.get("n"):
+        return "—"
+    if s["n"] == 1:
+        return f"{sec(s['median'])} (1 epoch)"
+    return f"{sec(s['median'])} (median of {s['n']} epochs, {sec(s['min'])}–{sec(s['max'])})"
+
+
+def section6(s: dict, fig_dir: Path, rel: str) -> tuple[list[str], dict]:
+    from bench.throughput import ACCURACY_TOLERANCE, AUG_GOALS, accuracy_verdict, aug_verdict
+
+    ACCURACY_POINTS = f"{ACCURACY_TOLERANCE * 100:g}"
+
+    out = ["## 6. Training throughput", ""]
+    if (why := _failed(s)):
+        return out + [why, ""], {}
+    measured = {b: r for b, r in s["backends"].items() if "arms" in r}
+    first = next(iter(measured.values()), None)
+    if first is None:
+        return out + ["No backend was measured: " + "; ".join(f"{b}: {r.get('error') or r.get('skipped')}"
+                                                             for b, r in s["backends"].items()), ""], {}
+    params = ", ".join(f"{k}={v}" for k, v in first["params"].items())
+    out += [
+        f"One seeded CNN trial ({params}; {first['arms'][0]['param_count']:,} parameters) in three arms: no "
+        "augmentation, `aug_strength=0.5`, and mixed precision (no augmentation: the first arm in another dtype "
+        "policy). Each arm is a real one-trial search (`run_search`, every parameter pinned with FIX, `PRECISION` "
+        "per arm, no pruner): the model is built by `models.registry.build_model` and compiled and fitted by the "
+        f"objective, as in any trial. {first['epochs']} epochs per arm on {first['train_images']:,} training / "
+        f"{first['val_images']:,} validation images of `{Path(s['data_root']).name}`. Epoch 1 includes tracing and "
+        "compilation and is shown apart; the steady-state epoch is the median of the others, timed end to end "
+        "(training batches, the validation pass, every callback); training images/s = training images ÷ that "
+        "epoch. Each backend ran in its own process, one after the other, on the same machine. One run per arm: "
+        "the range is epoch-to-epoch, not run-to-run.",
+        "",
+        "| backend · device | arm | precision | epoch 1 (compile) | steady-state epoch | training images/s | "
+        f"best val accuracy ({first['epochs']} epochs) |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for backend, r in s["backends"].items():
+        if "arms" not in r:
+            out.append(f"| {BACKEND_NAMES.get(backend, backend)} | — | — | — | — | — | "
+                       f"{'not measured: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error'][:200]} |")
+            continue
+        for a in r["arms"]:
+            ips = a["images_per_s"]
+            out.append(f"| {_where(r)} | {a['arm']} | {a['precision_run']} | {sec(a['first_epoch_s'])} | "
+                       f"{_epochs_text(a['steady_epoch_s'])} | {'—' if ips is None else f'{ips:,.0f}'} | "
+                       f"{pct(a['best_val_accuracy'])} |")
+    if not any(r.get("gpu") for r in measured.values()):
+        out.append("| GPU | all three | — | — | — | — | not measured: no GPU lent |")
+    out.append("")
+    head, accuracy_rows = {}, []
+    for backend, r in measured.items():
+        arm = {a["arm"]: a for a in r["arms"]}
+        plain, aug, mixed = arm["no augmentation"], arm["augmentation 0.5"], arm["mixed precision"]
+        where = "gpu" if r.get("gpu") else "cpu"
+        goal = AUG_GOALS.get((backend, where))
+        ratio, ok = aug_verdict(aug["steady_epoch_s"]["median"], plain["steady_epoch_s"]["median"], goal)
+        speed = (mixed["steady_epoch_s"]["median"] / plain["steady_epoch_s"]["median"]
+                 if mixed["steady_epoch_s"]["median"] and plain["steady_epoch_s"]["median"] else None)
+        delta, not_hurt = accuracy_verdict(plain["best_val_accuracy"], mixed["best_val_accuracy"])
+        ratio_text = "—" if ratio is None else f"{ratio:.2f}×"
+        numbers = f"{sec(aug['steady_epoch_s']['median'])} vs {sec(plain['steady_epoch_s']['median'])}"
+        out.append(f"- **{_where(r)}**: an epoch with augmentation 0.5 takes **{ratio_text}** the epoch without "
+                   f"({numbers})" + (f"; goal ≤ {goal}×: {yes_no(ok)}" if goal else " (no goal set for this backend)")
+                   + f". Mixed precision ({mixed['precision_run']}) epoch: "
+                   + ("—" if speed is None else f"{speed:.2f}× the float32 one") + "; best validation accuracy "
+                   f"{pct(mixed['best_val_accuracy'])} vs {pct(plain['best_val_accuracy'])} in float32 "
+                   + ("" if delta is None else f"({delta * 100:+.1f} points)") + ".")
+        head[f"throughput_aug_{backend}_{where}"] = (
+            f"epoch with aug 0.5 ÷ epoch without, {_where(r)}", f"≤ {goal}×" if goal else "—",
+            f"{ratio_text} ({numbers})", yes_no(ok) if goal else "—")
+        accuracy_rows.append((r, plain, mixed, delta, not_hurt))
+    if not any(r.get("gpu") for r in measured.values()):
+        out.append("- **GPU**: not measured — no GPU was lent to the session that ran this; a GPU session runs this "
+                   "section there (README, *On a GPU*) and commits `reports/bench-gpu.md`.")
+        head["throughput_aug_gpu"] = ("epoch with aug 0.5 ÷ epoch without, JAX · GPU", "≤ 1.15×",
+                                      "not measured: no GPU lent", "—")
+    out += [
+        "",
+        f"**Accuracy not hurt by mixed precision?** The same seeded trial (same initial weights, same batches) in "
+        f"float32 and in mixed precision, validation accuracy after each epoch (goal: the best epoch no more than "
+        f"{ACCURACY_POINTS} points lower; one seed, so this shows no systematic loss, not equality):",
+        "",
+        "| epoch | " + " | ".join(f"{_where(r)} float32 | {_where(r)} {m['precision_run']}"
+                                 for r, _, m, _, _ in accuracy_rows) + " |",
+        "|---:|" + "---:|---:|" * len(accuracy_rows),
+    ]
+    for epoch in range(max(len(p["val_accuracy_per_epoch"]) for _, p, _, _, _ in accuracy_rows)):
+        cells = []
+        for _, p, m, _, _ in accuracy_rows:
+            for arm in (p, m):
+                values = arm["val_accuracy_per_epoch"]
+                cells.append(pct(values[epoch]) if epoch < len(values) else "—")
+        out.append(f"| {epoch + 1} | " + " | ".join(cells) + " |")
+    verdicts = [f"{_where(r)}: {'—' if d is None else f'{d * 100:+.1f} points'} → {yes_no(ok)}"
+                for r, _, _, d, ok in accuracy_rows]
+    out += ["", "Best epoch, mixed minus float32: " + "; ".join(verdicts) + ".", ""]
+    head["mixed_accuracy"] = ("mixed precision: best val accuracy minus float32, same seeded trial",
+                              f"≥ −{ACCURACY_POINTS} points", "; ".join(v.split(" → ")[0] for v in verdicts),
+                              ", ".join(v.split(" → ")[1] for v in verdicts))
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    labels, values, colors = [], [], []
+    palette = {"no augmentation": "#1f77b4", "augmentation 0.5": "#ff7f0e", "mixed precision": "#2ca02c"}
+    for r in measured.values():
+        for a in r["arms"]:
+            labels.append(f"{_where(r)}\n{a['arm']}")
+            values.append(a["steady_epoch_s"]["median"] or 0)
+            colors.append(palette[a["arm"]])
+    ax.barh(labels, values, color=colors)
+    ax.set(xlabel="steady-state epoch (s)", title="training epoch time per arm")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.invert_yaxis()
+    out += [f"![throughput]({rel}/{_save(fig, fig_dir / 'throughput.png')})", ""]
+    return out, head
+
+
 # --- whole report ------------------------------------------------------------
 
 def _siblings(out_md: Path) -> list[str]:
     return sorted(p.name for p in out_md.parent.glob("bench*.md") if p != out_md)
+
+
+def _earlier_runs(results: dict) -> str:
+    """When sections were measured by different invocations (a re-run of some), which came from where."""
+    runs = results.get("section_runs") or {}
+    groups: dict[tuple, list[str]] = {}
+    for key in sorted(runs):
+        r = runs[key]
+        groups.setdefault((" ".join(Path(a).name if i == 0 else a for i, a in enumerate(r["argv"])), r["git_commit"],
+                           r.get("device")), []).append(key)
+    if len(groups) < 2:
+        return ""
+    return "; per section: " + "; ".join(
+        f"§{', '.join(keys)} by `{argv}` at `{(commit or '?')[:7]}`" + (f" on `{device}`" if device else "")
+        for (argv, commit, device), keys in groups.items())
 
 
 def render(results: dict, out_md: Path, out_dir: Path) -> None:
@@ -455,16 +598,17 @@ def render(results: dict, out_md: Path, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(out_dir, out_md.parent)
     body, head = [], {}
-    for key, fn in (("1", section1), ("2", section2), ("3", section3)):
-        lines, h = fn(sections.get(key), out_dir, rel)
+    renderers = {"1": section1, "2": section2, "3": section3,
+                 "4": lambda s, d, r: section4(s, d, r, sections.get("3")), "5": section5, "6": section6}
+    for key, fn in renderers.items():
+        if key not in sections:  # never run into these results (e.g. a GPU run of section 6 alone)
+            continue
+        lines, h = fn(sections[key], out_dir, rel)
         body += lines
         head.update(h)
-    lines, h = section4(sections.get("4"), out_dir, rel, sections.get("3"))
-    body += lines
-    head.update(h)
-    lines, h = section5(sections.get("5"), out_dir, rel)
-    body += lines
-    head.update(h)
+    missing = [key for key in renderers if key not in sections]
+    if missing:
+        body += [f"Sections not run into these results: {', '.join(missing)} (see `reports/bench.md` for the full run).", ""]
 
     quick = meta["quick"]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
@@ -484,13 +628,17 @@ def render(results: dict, out_md: Path, out_dir: Path) -> None:
         f"- **Load average** (1 min) at start {results.get('loadavg_start')}, end {results.get('loadavg_end')} — "
         "each section's start value is in results.json",
         f"- **Versions**: {versions}",
-        f"- **hematune commit**: `{meta['git_commit']}`{' (with uncommitted changes in the tree)' if meta['git_dirty'] else ''}",
+        f"- **hematune commit**: `{meta['git_commit']}`{' (with uncommitted changes in the tree)' if meta['git_dirty'] else ''}"
+        + _earlier_runs(results),
         f"- **Data**: `{Path(results['data_root']).name}` (reference set); " + _search_data_text(results, settings),
         f"- **Raw numbers**: [`{rel}/results.json`]({rel}/results.json); settings in `bench/settings.py`",
         "",
         "Backends: " + (f"this run measured Keras on **{meta['backend']}** on the **CPU**. " if "cpu" in meta["device"]
                         else f"this run measured Keras on **{meta['backend']}** on `{meta['device']}`. ")
-        + "A GPU column (`KERAS_BACKEND=jax` on a GPU machine) was **not measured**: no GPU machine was available. "
+        + ("" if "cpu" not in meta["device"] else
+           "A GPU column (`KERAS_BACKEND=jax` on a GPU machine) was **not measured**: no GPU machine was available. ")
+        + ("Section 6 runs TensorFlow and JAX each in its own process, so it has both columns. "
+           if "6" in sections else "")
         + (f"Other runs in this folder: {', '.join(f'[{n}]({n})' for n in _siblings(out_md))}." if _siblings(out_md) else ""),
         "",
         "## Headline",
@@ -508,7 +656,11 @@ def render(results: dict, out_md: Path, out_dir: Path) -> None:
         "make bench            # ≤ 60 min on 2 CPU cores → reports/bench.md",
         "make bench QUICK=1    # a few minutes, toy sizes → reports/bench-quick.md",
         "KERAS_BACKEND=jax make bench QUICK=1   # the same on JAX → reports/bench-quick-jax.md",
+        ".venv/bin/python -m bench.run --sections 6   # training throughput only, merged into the stored results",
         "```",
+        "",
+        "On a GPU machine (JAX with CUDA), section 6 alone → `reports/bench-gpu.md`: "
+        "`python -m bench.run --sections 6 --data <blood-cells folder>` (README, *On a GPU*).",
         "",
         "Working files (bench studies, KerasTuner folders, decode cache) are kept in `.bench/` for inspection.",
         "",

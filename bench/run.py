@@ -1,4 +1,4 @@
-"""``make bench`` entry point: run the five sections, store their numbers, write the report.
+"""``make bench`` entry point: run the six sections, store their numbers, write the report.
 
     .venv/bin/python -m bench.run [--quick] [--sections 1,3] [--render-only]
 
@@ -6,9 +6,12 @@ The full run is sized for ≤ 60 minutes on 2 CPU cores; ``--quick`` (``make
 bench QUICK=1``) runs every section at toy sizes in a few minutes — its
 numbers show the suite works, not how hematune performs. Output:
 ``reports/bench.md`` (``bench-quick.md`` for QUICK; ``-<backend>`` appended
-for a backend other than TensorFlow) with figures and the raw numbers
-(``results.json``) in the folder of the same name. Working files (studies,
-KerasTuner folders, decode cache) go to ``.bench/``, never committed.
+for a backend other than TensorFlow, ``-gpu`` instead when Keras trains on a
+GPU) with figures and the raw numbers (``results.json``) in the folder of the
+same name. Section 6 runs each backend in its own process, so its table has a
+TensorFlow and a JAX column whatever backend the rest of the run uses.
+Working files (studies, KerasTuner folders, decode cache) go to ``.bench/``,
+never committed.
 
 A section that fails is recorded with its error and the run goes on: the
 suite must finish unattended.
@@ -28,18 +31,25 @@ from pathlib import Path
 from search.environment import quiet_backend_logs
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("1", "2", "3", "4", "5")
+SECTIONS = ("1", "2", "3", "4", "5", "6")
 
 
 def _args(argv):
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") in ("1", "yes", "true"),
                         help="toy sizes, a few minutes (also QUICK=1)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of 1,2,3,4,5")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of 1,2,3,4,5,6")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "blood-cells"),
                         help="the reference data set (TRAIN/TEST layout)")
     parser.add_argument("--render-only", action="store_true", help="re-write the report from the stored results")
+    parser.add_argument("--name", help="report name, e.g. bench-gpu (default: from QUICK, the backend and the device)")
     return parser.parse_args(argv)
+
+
+def _report_name(quick: bool, backend: str, device: str) -> str:
+    """reports/<name>.md: bench, bench-quick, bench-jax, bench-gpu, bench-quick-gpu …"""
+    where = "-gpu" if device.startswith("gpu:") else ("" if backend == "tensorflow" else f"-{backend}")
+    return "bench" + ("-quick" if quick else "") + where
 
 
 def _meta(args, backend: str) -> dict:
@@ -58,20 +68,40 @@ def _meta(args, backend: str) -> dict:
         memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         memory_gb = None
+    whole = set(args.sections.split(",")) == set(SECTIONS)
+    command = ("QUICK=1 make bench" if args.quick else "make bench") if whole else \
+        " ".join([".venv/bin/python -m bench.run", *sys.argv[1:]])
     return {
-        "command": ("QUICK=1 " if args.quick else "") + (f"KERAS_BACKEND={backend} " if backend != "tensorflow" else "")
-        + "make bench", "argv": sys.argv, "backend": backend, "device": device_description(),
+        "command": (f"KERAS_BACKEND={backend} " if backend != "tensorflow" else "") + command, "argv": sys.argv, "backend": backend, "device": device_description(),
         "machine": f"{platform.node()} · {platform.platform()} · {os.cpu_count()} CPU cores · {memory_gb} GiB RAM",
         "versions": versions, "git_commit": git_commit(), "git_dirty": bool(dirty), "quick": args.quick,
     }
 
 
+def _run_record(meta: dict) -> dict:
+    """What a section's numbers came from: the invocation and commit (a re-run of some sections keeps the others')."""
+    return {key: meta.get(key) for key in ("command", "argv", "git_commit", "git_dirty", "backend", "device")}
+
+
+def _section_runs(previous: dict) -> dict:
+    """Per-section records of stored results; results from before these records get their last invocation's."""
+    if not previous:
+        return {}
+    return previous.get("section_runs") or {key: _run_record(previous["meta"]) for key in previous.get("sections", {})}
+
+
 def main(argv=None) -> int:
     args = _args(argv)
     quiet_backend_logs()
+    # This process describes the device and runs sections 1-5; section 6 measures in child processes. Let JAX
+    # allocate GPU memory as it goes here, or this process would hold 75 % of the GPU while its children train.
+    preallocate = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    from search.environment import device_description
+
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     mode = "quick" if args.quick else "full"
-    name = "bench" + ("-quick" if args.quick else "") + ("" if backend == "tensorflow" else f"-{backend}")
+    name = args.name or _report_name(args.quick, backend, device_description())
     out_md, out_dir = ROOT / "reports" / f"{name}.md", ROOT / "reports" / name
     results_path = out_dir / "results.json"
     from bench import report
@@ -88,7 +118,10 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")  # library deprecation chatter; errors still raise
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # KerasTuner's re-traced functions: expected here
 
-    from bench import accuracy, inference, pipeline, pruning, tuners
+    from importlib import import_module
+
+    # a section's imports only when it runs: the GPU image has no KerasTuner, and section 6 needs none
+    section_module = lambda name: import_module(f"bench.{name}")
     from bench.common import Paths, loadavg, make_subset
     from bench.settings import FULL, QUICK
     from search.data import prepare
@@ -105,7 +138,9 @@ def main(argv=None) -> int:
         settings.files_per_class, settings.groups_per_class)
 
     previous = json.loads(results_path.read_text()) if results_path.is_file() and set(wanted) != set(SECTIONS) else {}
-    results = {"meta": _meta(args, backend), "settings": settings.as_dict(), "sections": previous.get("sections", {}),
+    meta = _meta(args, backend)
+    results = {"meta": meta, "settings": settings.as_dict(), "sections": previous.get("sections", {}),
+               "section_runs": {**_section_runs(previous), **{key: _run_record(meta) for key in wanted}},
                "timing": previous.get("timing", {}), "rerun_sections": wanted if previous else None,
                "started": previous.get("started") or time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                "rerun_started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()) if previous else None,
@@ -134,15 +169,18 @@ def main(argv=None) -> int:
         print(f"  done in {results['timing'][key]:.0f}s", flush=True)
         return value
 
-    section("1", "input pipeline overhead", lambda: pipeline.run(settings, paths, full_root, search_root))
-    section("2", "pruning savings", lambda: pruning.run(settings, paths, search_root))
-    s3 = section("3", "hematune vs KerasTuner", lambda: tuners.run(settings, paths, search_root)) \
+    section("1", "input pipeline overhead",
+            lambda: section_module("pipeline").run(settings, paths, full_root, search_root))
+    section("2", "pruning savings", lambda: section_module("pruning").run(settings, paths, search_root))
+    s3 = section("3", "hematune vs KerasTuner", lambda: section_module("tuners").run(settings, paths, search_root)) \
         or results["sections"].get("3")
-    s4 = section("4", "accuracy", lambda: accuracy.run(settings, paths, full_root, search_root,
-                                                        s3 if s3 and "error" not in s3 else None))
+    s4 = section("4", "accuracy", lambda: section_module("accuracy").run(
+        settings, paths, full_root, search_root, s3 if s3 and "error" not in s3 else None))
     s4 = s4 or results["sections"].get("4")
     promoted = (s4 or {}).get("default") if s4 and "error" not in s4 else None
-    section("5", "inference", lambda: inference.run(settings, paths, promoted))
+    section("5", "inference", lambda: section_module("inference").run(settings, paths, promoted))
+    section("6", "training throughput", lambda: section_module("throughput").run(
+        settings, paths, full_root, search_root, child_preallocate=preallocate))
     results["loadavg_end"] = loadavg()
     results_path.write_text(json.dumps(results, indent=1, default=str))
     report.render(results, out_md, out_dir)

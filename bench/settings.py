@@ -15,6 +15,15 @@ OVERHEAD_PARAMS = {
     "dense_units": 64,
 }
 
+# Section 6 (training throughput): one fixed trial per device. On a CPU the pipeline-overhead model above;
+# aug_strength and PRECISION are set per arm (bench/throughput.py). On a GPU the 5-block CNN issue 10 measured
+# on an H100 (6.5 M parameters at 96 px, batch 128; ../shared/gpu/README.md), so the numbers compare.
+THROUGHPUT_CPU_PARAMS = {k: v for k, v in OVERHEAD_PARAMS.items() if k != "aug_strength"}
+THROUGHPUT_GPU_PARAMS = {
+    "image_size": 96, "learning_rate": 1.0e-3, "batch_size": 128, "weight_decay": 1.0e-4, "label_smoothing": 0.05,
+    "blocks": 5, "base_width": 32, "kernel_size": 5, "batch_norm": True, "dropout": 0.2, "dense_units": 0,
+}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -52,6 +61,11 @@ class Settings:
     throughput_batch: int = 64
     family_image_size: int = 96  # the smallest size in the backbone spaces (CPU-sized)
     families: tuple[str, ...] = field(default=("cnn", "mobilenet", "efficientnet", "resnet", "vgg"))
+    # Section 6 — training throughput: per backend (each in its own process) and arm, one trial of this many
+    # epochs; epoch 1 (compilation) apart, the median of the others is the steady-state epoch
+    training_epochs: int = 5
+    training_backends: tuple[str, ...] = ("tensorflow", "jax")
+    training_full_train: bool = True  # the whole reference TRAIN (QUICK: the subsample)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,4 +80,5 @@ QUICK = Settings(
     pruning_trials=4, pruning_seeds=(0,),
     tuner_budget_s=12.0, tuner_seeds=(0, 1), leaky_seeds=(0,),
     latency_reps=5, throughput_reps=2, throughput_batch=16, family_image_size=64,
+    training_epochs=2, training_full_train=False,
 )

@@ -92,3 +92,101 @@ def test_time_to_target_ratio_is_only_claimed_as_far_as_the_runs_can_tell():
     assert ratio_verdict(2.5, bound, exact, 120)[0::2] == ("≤ 2.50×", "**not shown**")
     assert ratio_verdict(1.0, bound, bound, 120)[0::2] == ("unknown", "**not shown**")
     assert ratio_verdict(None, exact, exact, 120)[2] == "—"
+
+
+# --- section 6: training throughput -----------------------------------------------------------------------------
+
+def test_augmentation_epoch_ratio_verdict():
+    from bench.throughput import AUG_GOALS, aug_verdict
+
+    assert AUG_GOALS[("jax", "cpu")] == 1.3 and AUG_GOALS[("jax", "gpu")] == 1.15  # issue 10's goals
+    ratio, ok = aug_verdict(6.5, 5.0, 1.3)
+    assert ratio == pytest.approx(1.3) and ok is True  # exactly at the goal is met
+    assert aug_verdict(6.6, 5.0, 1.3)[1] is False
+    assert aug_verdict(12.0, 6.4, None) == (pytest.approx(1.875), None)  # a ratio without a goal: no verdict
+    assert aug_verdict(None, 5.0, 1.3) == (None, None)
+    assert aug_verdict(5.0, 0.0, 1.3) == (None, None)
+
+
+def test_mixed_precision_accuracy_verdict():
+    from bench.throughput import accuracy_verdict
+
+    assert accuracy_verdict(0.80, 0.79) == (pytest.approx(-0.01), True)
+    assert accuracy_verdict(0.80, 0.78)[1] is True  # 2 points lower is the tolerance
+    assert accuracy_verdict(0.80, 0.77)[1] is False
+    assert accuracy_verdict(0.70, 0.75) == (pytest.approx(0.05), True)
+    assert accuracy_verdict(None, 0.75) == (None, None)
+
+
+def test_throughput_arms_pin_every_parameter_of_both_cnn_profiles():
+    """An unpinned parameter would be sampled: the three arms would not be the same trial."""
+    from bench.settings import THROUGHPUT_CPU_PARAMS, THROUGHPUT_GPU_PARAMS
+    from search.space import PROFILE_DIRS
+
+    for params, profile in ((THROUGHPUT_CPU_PARAMS, "cpu"), (THROUGHPUT_GPU_PARAMS, "gpu")):
+        space = load_family_space("cnn", PROFILE_DIRS[profile])
+        knobs = {name for section in space.values() for name in section} - {"max_epochs"}
+        assert set(params) | {"aug_strength"} == knobs, profile
+
+
+@pytest.mark.parametrize("quick, backend, device, name", [
+    (False, "tensorflow", "cpu: 2 cores, AMD EPYC", "bench"),
+    (True, "tensorflow", "cpu: 2 cores, AMD EPYC", "bench-quick"),
+    (False, "jax", "cpu: 2 cores, AMD EPYC", "bench-jax"),
+    (False, "jax", "gpu: NVIDIA H100 80GB HBM3", "bench-gpu"),
+    (True, "jax", "gpu: NVIDIA H100 80GB HBM3", "bench-quick-gpu"),
+])
+def test_report_name_follows_mode_backend_and_device(quick, backend, device, name):
+    from bench.run import _report_name
+
+    assert _report_name(quick, backend, device) == name
+
+
+def _arm(name, median, best, precision="float32"):
+    return {"arm": name, "precision_run": precision, "first_epoch_s": 10.0, "steady_epoch_s": {
+        "n": 3, "median": median, "min": median, "max": median}, "images_per_s": 8000 / median,
+        "val_accuracy_per_epoch": [best - 0.1, best], "best_val_accuracy": best, "param_count": 77172}
+
+
+def _backend(backend, device, plain, aug, mixed):
+    return {"backend": backend, "device": device, "gpu": device.startswith("gpu:"), "params": {"image_size": 48},
+            "epochs": 2, "train_images": 8000, "val_images": 2000,
+            "arms": [_arm("no augmentation", plain, 0.8), _arm("augmentation 0.5", aug, 0.78),
+                     _arm("mixed precision", mixed, 0.75, "mixed_bfloat16")]}
+
+
+def test_throughput_report_states_verdicts_and_never_a_gpu_number_it_did_not_measure(tmp_path):
+    from bench.report import section6
+
+    cpu = {"data_root": "/data/blood-cells", "backends": {
+        "tensorflow": _backend("tensorflow", "cpu: 2 cores", 10.0, 12.0, 20.0),
+        "jax": _backend("jax", "cpu: 2 cores", 5.0, 7.0, 9.0)}}
+    lines, head = section6(cpu, tmp_path, ".")
+    text = "\n".join(lines)
+    assert head["throughput_aug_jax_cpu"] == ("epoch with aug 0.5 ÷ epoch without, JAX · CPU", "≤ 1.3×",
+                                              "1.40× (7.00 s vs 5.00 s)", "**missed**")
+    assert head["throughput_aug_tensorflow_cpu"][1::2] == ("—", "—")  # a ratio, no goal for TensorFlow
+    assert head["throughput_aug_gpu"][2] == "not measured: no GPU lent"
+    assert "| GPU | all three | — | — | — | — | not measured: no GPU lent |" in text
+    assert head["mixed_accuracy"][3] == "**missed**, **missed**"  # 5 points lower on both
+    gpu = {"data_root": "/tmp/data/blood-cells", "backends": {
+        "tensorflow": {"skipped": "tensorflow is not installed in this environment"},
+        "jax": _backend("jax", "gpu: NVIDIA H100 80GB HBM3", 1.5, 1.6, 0.7)}}
+    lines, head = section6(gpu, tmp_path, ".")
+    text = "\n".join(lines)
+    assert "not measured: no GPU lent" not in text and "throughput_aug_gpu" not in head
+    assert head["throughput_aug_jax_gpu"][1:] == ("≤ 1.15×", "1.07× (1.60 s vs 1.50 s)", "**met**")
+    assert "not measured: tensorflow is not installed" in text
+
+
+def test_a_rerun_of_some_sections_keeps_where_the_others_came_from():
+    from bench.run import _run_record, _section_runs
+
+    old_meta = {"command": "make bench", "argv": ["run.py", "--sections", "4,5"], "git_commit": "b9f18e4",
+                "git_dirty": False, "backend": "tensorflow", "device": "cpu: 2 cores"}
+    legacy = {"meta": old_meta, "sections": {"1": {}, "5": {}}}  # stored before per-section records existed
+    runs = _section_runs(legacy)
+    assert set(runs) == {"1", "5"} and runs["1"]["git_commit"] == "b9f18e4"
+    new = {**runs, "6": _run_record({**old_meta, "git_commit": "abc1234", "argv": ["run.py", "--sections", "6"]})}
+    assert _section_runs({"meta": old_meta, "sections": {}, "section_runs": new}) == new
+    assert _section_runs({}) == {}
