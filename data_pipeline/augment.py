@@ -59,6 +59,10 @@ class CellAugmentation(keras.layers.Layer):
         kwargs.setdefault("name", "augmentation")
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
+        # TensorFlow has no XLA kernel for the affine resampling (ImageProjectiveTransformV3): Keras' "auto"
+        # would XLA-compile the model on a TensorFlow GPU and fail. There it runs as TensorFlow graph ops, as
+        # Keras' own random layers do everywhere; JAX compiles it.
+        self.supports_jit = keras.backend.backend() != "tensorflow"
         self.strength = float(strength)
         self.seed = int(seed)
         self.generator = keras.random.SeedGenerator(self.seed)

@@ -175,3 +175,13 @@ def test_preview_refuses_a_missing_folder_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "does not exist" in error
     assert not (tmp_path / "grid.png").exists()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="about TensorFlow's XLA")
+def test_on_tensorflow_xla_is_left_off_so_fit_works_even_when_asked_for():
+    """TensorFlow has no XLA kernel for the affine resampling: claiming XLA support would fail `fit` on a TF GPU."""
+    model = keras.Sequential([keras.Input((16, 16, 3)), build_augmentation(0.5), keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+    model.fit(images(4, size=16), np.zeros((4, 2)), verbose=0)
+    assert model.jit_compile is False
