@@ -139,27 +139,105 @@ def _condition_holds(spec, params: dict) -> bool:
 def _suggest_one(trial: optuna.Trial, name: str, spec):
     if not isinstance(spec, dict):
         return spec  # fixed value
-    kind = spec["type"]
+    kind, log, step = spec["type"], bool(spec.get("log", False)), spec.get("step")
     if kind == "float":
-        return trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)))
+        return trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=log,
+                                   step=None if step is None else float(step))
     if kind == "int":
-        return trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False)))
+        return trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=log, step=int(step or 1))
     return trial.suggest_categorical(name, list(spec["choices"]))
 
 
-def _validate_entry(path: Path, name: str, spec) -> None:
+# the keys each kind of entry may have; anything else is a typo that would otherwise be silently ignored
+KEYS = {"float": ("type", "low", "high", "log", "step", "when"),
+        "int": ("type", "low", "high", "log", "step", "when"),
+        "categorical": ("type", "choices", "when")}
+SECTIONS = ("family", "training", "model")
+
+
+def _is_number(value, kind: str) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return kind == "float" or float(value).is_integer()
+
+
+def _entry_mistakes(name: str, spec, earlier: set[str]) -> list[str]:
+    """Every mistake of one entry, each as ``name: key: what to do`` (empty for a fixed value)."""
     if not isinstance(spec, dict):
-        return
+        return []
     kind = spec.get("type")
     if kind not in KINDS:
-        raise SearchConfigError(f"{path}: {name}: type must be one of {', '.join(KINDS)}")
+        return [f"{name}: type: must be one of {', '.join(KINDS)}, not {kind!r} (or write a plain value to fix it)"]
+    mistakes = [f"{name}: {key}: not a key of a {kind} entry; use {', '.join(KEYS[kind])}"
+                for key in spec if key not in KEYS[kind]]
+    number, example = ("a number", "1.0e-3") if kind == "float" else ("a whole number", "2")
     if kind in ("float", "int"):
-        if "low" not in spec or "high" not in spec or float(spec["low"]) > float(spec["high"]):
-            raise SearchConfigError(f"{path}: {name}: needs low <= high")
-        if spec.get("log") and float(spec["low"]) <= 0:
-            raise SearchConfigError(f"{path}: {name}: a log range needs low > 0")
-    elif not spec.get("choices"):
-        raise SearchConfigError(f"{path}: {name}: a categorical needs a non-empty choices list")
+        bounds_ok = True
+        for key in ("low", "high"):
+            if key not in spec:
+                mistakes.append(f"{name}: {key}: missing; a range needs low and high")
+                bounds_ok = False
+            elif not _is_number(spec[key], kind):
+                mistakes.append(f"{name}: {key}: {spec[key]!r} is not {number}; write e.g. {key}: {example}")
+                bounds_ok = False
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            mistakes.append(f"{name}: log: {log!r} is not true or false")
+            log = False
+        step = spec.get("step")
+        step_ok = step is None
+        if step is not None:
+            if not _is_number(step, kind) or step <= 0:
+                mistakes.append(f"{name}: step: {step!r} is not {number} above 0")
+            elif log:
+                mistakes.append(f"{name}: step: a log range cannot have a step; drop step or log")
+            else:
+                step_ok = True
+        if bounds_ok:
+            low, high = spec["low"], spec["high"]
+            if low > high:
+                mistakes.append(f"{name}: low: {low} is above high {high}; needs low <= high")
+            elif log and low <= 0:
+                mistakes.append(f"{name}: low: a log range needs low > 0 (is {low})")
+            elif step is not None and step_ok and not _is_multiple(high - low, step):
+                mistakes.append(f"{name}: step: high - low ({high} - {low}) is not a multiple of step {step}; "
+                                "change high or step")
+    else:
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            mistakes.append(f"{name}: choices: a categorical needs a non-empty choices list, e.g. choices: [32, 64]")
+    when = spec.get("when")
+    if when is not None:
+        if not isinstance(when, dict) or not when:
+            mistakes.append(f"{name}: when: needs a mapping of earlier parameters to values, e.g. when: {{version: v1}}")
+        else:
+            mistakes += [f"{name}: when: {key!r} is not a parameter defined above {name}; list it earlier"
+                         for key in when if key not in earlier]
+    return mistakes
+
+
+def _is_multiple(span: float, step: float) -> bool:
+    ratio = span / step
+    return abs(ratio - round(ratio)) < 1e-9 * max(1.0, abs(ratio))
+
+
+def _file_mistakes(path: Path, content) -> list[str]:
+    """Every mistake of a space file, one line each: file, parameter, key and what to do."""
+    if not isinstance(content, dict):
+        return [f"{path}: needs 'training:' and 'model:' sections (found {type(content).__name__})"]
+    mistakes = [f"{path}: {key}: not a section; use {', '.join(SECTIONS)}" for key in content if key not in SECTIONS]
+    earlier: set[str] = set()
+    for section in ("training", "model"):
+        entries = content.get(section)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            mistakes.append(f"{path}: {section}: needs 'name: value' entries, one a line")
+            continue
+        for name, spec in entries.items():
+            mistakes += [f"{path}: {section}.{line}" for line in _entry_mistakes(str(name), spec, earlier)]
+            earlier.add(str(name))
+    return mistakes
 
 
 def _parse_value(text: str):
@@ -176,10 +254,10 @@ def load_family_space(family: str, spaces_dir: Path = SPACES_DIR, space_file: Pa
         content = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise SearchConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    mistakes = _file_mistakes(path, content)
+    if mistakes:
+        raise SearchConfigError("\n".join(mistakes))
     sections = {"training": dict(content.get("training") or {}), "model": dict(content.get("model") or {})}
-    for section in sections.values():
-        for name, spec in section.items():
-            _validate_entry(path, name, spec)
     for name, value in (fixed or {}).items():
         section = next((s for s in sections.values() if name in s), None)
         if section is None:

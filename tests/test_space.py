@@ -67,7 +67,7 @@ def test_bad_space_settings(kwargs, message):
 @pytest.mark.parametrize("body, message", [
     ("training: {lr: {type: float, low: 1, high: 0}}", "low <= high"),
     ("training: {lr: {type: float, low: 0, high: 1, log: true}}", "log range"),
-    ("training: {lr: {type: gaussian}}", "type must be"),
+    ("training: {lr: {type: gaussian}}", "type: must be one of"),
     ("model: {x: {type: categorical, choices: []}}", "non-empty choices"),
     ("training: [unclosed", "not valid YAML"),
 ])
@@ -191,3 +191,63 @@ def test_a_space_change_within_one_profile_keeps_the_usual_message():
     assert changed.change_from(stored).startswith("was created with a different search space (MODEL, SPACE or FIX changed")
     old = {"model": "cnn", "families": stored["families"]}  # a study created before profiles were recorded
     assert "profile not recorded" in load_space("cnn", device=GPU).change_from(old)
+
+
+# --- every key of a space file is checked, one line per mistake; step is honoured -------------------------
+
+def _load_body(tmp_path, body: str):
+    path = tmp_path / "space.yaml"
+    path.write_text(body)
+    return path, lambda: load_space("cnn", space_file=str(path), device=CPU)
+
+
+@pytest.mark.parametrize("body, line", [
+    ("training: {lr: {type: float, low: abc, high: 1}}", "training.lr: low: 'abc' is not a number"),
+    ("training: {lr: {type: float, low: 0.1, high: [1]}}", "training.lr: high: [1] is not a number"),
+    ("model: {blocks: {type: int, low: 2.5, high: 4}}", "model.blocks: low: 2.5 is not a whole number"),
+    ("model: {blocks: {type: int, low: 2}}", "model.blocks: high: missing"),
+    ("training: {lr: {type: float, lo: 0.1, high: 1}}", "training.lr: lo: not a key of a float entry"),
+    ("training: {lr: {type: float, low: 0.1, high: 1, log: yes please}}", "training.lr: log: 'yes please' is not true or false"),
+    ("training: {lr: {type: float, low: 0.1, high: 1, step: 0}}", "training.lr: step: 0 is not a number above 0"),
+    ("training: {lr: {type: float, low: 0.1, high: 1, log: true, step: 0.1}}", "training.lr: step: a log range cannot have a step"),
+    ("model: {blocks: {type: int, low: 2, high: 5, step: 2}}", "model.blocks: step: high - low (5 - 2) is not a multiple of step 2"),
+    ("model: {width: {type: categorical, choices: [8], low: 1}}", "model.width: low: not a key of a categorical entry"),
+    ("model: {width: {type: categorical, choices: [8], when: {nope: 1}}}", "model.width: when: 'nope' is not a parameter defined above"),
+    ("modle: {width: 8}", "modle: not a section"),
+])
+def test_each_mistake_in_a_space_file_gets_its_line(tmp_path, body, line):
+    path, load = _load_body(tmp_path, body)
+    with pytest.raises(SearchConfigError) as raised:
+        load()
+    assert any(shown.startswith(f"{path}: {line}") for shown in str(raised.value).splitlines())
+
+
+def test_several_mistakes_are_all_reported_one_line_each(tmp_path):
+    path, load = _load_body(tmp_path, "training: {lr: {type: float, low: abc, high: 1, setp: 0.1}}\n"
+                                      "model: {blocks: {type: int, low: 2, high: x}}\n")
+    with pytest.raises(SearchConfigError) as raised:
+        load()
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"{path}: ") for line in lines)
+
+
+def test_a_bad_space_file_is_one_line_per_mistake_on_the_command_line(tmp_path, capsys):
+    from search.cli import main
+
+    path, _ = _load_body(tmp_path, "training: {learning_rate: {type: float, low: abc, high: 1.0e-2}}\n")
+    data = tmp_path / "no-data-needed"
+    assert main(["search", "--data", str(data), "--space", str(path), "--studies-dir", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"hematune: error: {path}: training.learning_rate: low: 'abc' is not a number; write e.g. low: 1.0e-3\n"
+
+
+@pytest.mark.parametrize("spec, allowed", [
+    ("{type: float, low: 0.0, high: 0.5, step: 0.25}", {0.0, 0.25, 0.5}),
+    ("{type: int, low: 16, high: 64, step: 16}", {16, 32, 48, 64}),
+])
+def test_step_is_honoured_by_the_sampler(tmp_path, spec, allowed):
+    _, load = _load_body(tmp_path, f"training: {{image_size: 32, learning_rate: 0.001}}\nmodel: {{width: {spec}}}\n")
+    space = load()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {space.suggest(study.ask())[1]["width"] for _ in range(40)}
+    assert seen == allowed
