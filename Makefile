@@ -13,6 +13,7 @@ MAX_EPOCHS ?=
 STUDY      ?=
 STORAGE    ?=
 GROUPS     ?=
+VAL_FRACTION ?=
 PRUNER     ?=
 WEIGHTS    ?=
 SPACE      ?=
@@ -40,7 +41,7 @@ EXTRAS = dev,postgres$(if $(no_gpu),,$(if $(shell nvidia-smi -L 2>/dev/null | gr
 .PHONY: install search test help dashboard
 
 help:
-	@echo "make search MODEL=cnn DATA=path/to/images   run or resume a study (TRIALS, TIMEOUT, MAX_EPOCHS, STUDY, STORAGE, GROUPS, PRUNER, WEIGHTS, SPACE, FIX, SEED, PRECISION, GPU=0)"
+	@echo "make search MODEL=cnn DATA=path/to/images   run or resume a study (TRIALS, TIMEOUT, MAX_EPOCHS, STUDY, STORAGE, GROUPS, VAL_FRACTION, PRUNER, WEIGHTS, SPACE, FIX, SEED, PRECISION, GPU=0)"
 	@echo "make search … WORKERS=4                     the same with 4 local worker processes on one study"
 	@echo "make worker STUDY=… [STORAGE=postgresql://…] [WORKERS=N]  join an existing study (another terminal or machine)"
 	@echo "make dashboard [STUDY=…] [STORAGE=…] [PORT=8080]  browse studies in optuna-dashboard on 127.0.0.1"
@@ -63,8 +64,8 @@ $(STAMP): pyproject.toml
 search: $(STAMP)
 	$(gpu_env) $(BIN)/hematune search --model $(MODEL) --data "$(DATA)" --trials $(TRIALS) $(call opt,--timeout,$(TIMEOUT)) \
 		$(call opt,--max-epochs,$(MAX_EPOCHS)) $(call opt,--study,$(STUDY)) $(call opt,--storage,$(STORAGE)) \
-		$(call opt,--groups,$(GROUPS)) $(call opt,--pruner,$(PRUNER)) $(call opt,--weights,$(WEIGHTS)) \
-		$(call opt,--space,$(SPACE)) $(call opt,--fix,$(FIX)) $(call opt,--seed,$(SEED)) \
+		$(call opt,--groups,$(GROUPS)) $(call opt,--val-fraction,$(VAL_FRACTION)) $(call opt,--pruner,$(PRUNER)) \
+		$(call opt,--weights,$(WEIGHTS)) $(call opt,--space,$(SPACE)) $(call opt,--fix,$(FIX)) $(call opt,--seed,$(SEED)) \
 		$(call opt,--workers,$(WORKERS)) $(call opt,--precision,$(PRECISION))
 
 # joins an existing study: data, model, space and split come from the study; DATA only if given here

@@ -106,3 +106,20 @@ def test_uneven_groups_still_put_every_class_on_both_sides(make_dataset):
     for seed in range(25):
         split = make_split(index, seed=seed)
         assert set(split.val.labels) == set(split.train.labels) == {0, 1, 2}, seed
+
+
+def test_the_setting_a_split_error_names_is_a_make_variable(make_dataset):
+    """The split errors say 'change VAL_FRACTION': `make search` must take it and the README list it."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    with pytest.raises(DataError) as raised:
+        make_split(scan(make_dataset(classes=2, groups=3)), val_fraction=0.9)
+    name = re.match(r"([A-Z_]+)=", str(raised.value)).group(1)
+    assert name == "VAL_FRACTION"
+    out = subprocess.run(["make", "-n", "search", f"{name}=0.3", "DATA=/data"], cwd=repo, capture_output=True,
+                         text=True, check=True).stdout.replace("\\\n", " ")
+    assert '--val-fraction "0.3"' in next(line for line in out.splitlines() if "hematune search" in line)
+    assert f"| `{name}` |" in (repo / "README.md").read_text()
