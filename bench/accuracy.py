@@ -19,8 +19,8 @@ from pathlib import Path
 from bench.common import Paths, loadavg, test_score
 from bench.searches import hematune_search
 from bench.settings import Settings
+from data_pipeline.errors import HematuneError
 from reports.errors import ReportError
-from search.errors import USER_ERRORS
 
 DEFAULT_STUDY = "cnn-blood-cells"
 
@@ -50,7 +50,7 @@ def default_search(settings: Settings, paths: Paths, full_root: Path, search_roo
         result = _promote(DEFAULT_STUDY, None, Path("studies"), paths)
         result["source"] = "the default CPU search already in studies/hematune.db (make search MODEL=cnn)"
         return result
-    except (ReportError, *USER_ERRORS) as exc:
+    except HematuneError as exc:
         reason = str(exc)
     root = search_root if settings.quick else full_root
     budget = "3-trial" if settings.quick else f"{settings.tuner_budget_s:.0f}-second"
@@ -59,7 +59,7 @@ def default_search(settings: Settings, paths: Paths, full_root: Path, search_roo
                     timeout=None if settings.quick else settings.tuner_budget_s)
     try:
         result = _promote("default-cpu", paths.storage, paths.studies, paths)
-    except (ReportError, *USER_ERRORS) as exc:
+    except HematuneError as exc:
         raise ReportError(f"no usable default study ({reason}), and the stand-in search failed too: {exc}") from None
     result["source"] = (f"no usable default study ({reason}); a {budget} search at image_size="
                         f"{settings.search_image_size} was run here on "

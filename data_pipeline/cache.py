@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline.ingest import ImageSet
+from data_pipeline.errors import first_line
 
 MAX_PIXELS = 40_000_000  # larger than any smear crop; beyond it we suspect a decompression bomb
 MIN_SIDE = 8  # pixels; smaller cannot hold a cell
@@ -82,7 +83,7 @@ def decode_image(source: str | os.PathLike | bytes, size: int) -> np.ndarray:
     except ValueError:
         raise
     except (OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         reason = _IN_MEMORY.sub("", reason)  # "<_io.BytesIO object at 0x…>" says nothing to a user
         raise ValueError(f"unreadable image ({reason})") from None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.cache import decode_image
-from data_pipeline.errors import DataError
+from data_pipeline.errors import DataError, first_line
 from data_pipeline.ingest import scan
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cells, names = sample_cells(args.data, args.cells, args.size)
     except (DataError, ValueError) as exc:
-        print(f"{PROG}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"{PROG}: error: {first_line(exc)}", file=sys.stderr)
         return 2
     save_grid(augmented_grid(cells, args.draws, args.seed), names, args.draws, args.out)
     print(f"wrote {args.out} ({len(STRENGTHS)} strengths × {len(names)} cells × {args.draws} draws, {args.size} px)")

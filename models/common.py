@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from data_pipeline.augment import build_augmentation
+from data_pipeline.errors import first_line
 from models.errors import ModelConfigError  # noqa: F401 - re-exported for the families
 
 AUGMENTATION = "augmentation"  # the layer name build_augmentation gives its layer
@@ -130,7 +131,7 @@ def load_application(constructor: Callable, label: str, weights: str | None, **k
     try:
         return constructor(weights=weights, **kwargs)
     except ValueError as exc:
-        raise ModelConfigError(f"{label}: {str(exc).splitlines()[0]}") from None
+        raise ModelConfigError(f"{label}: {first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - keras raises a bare Exception for fetch failures
         message = str(exc)
         url = re.search(r"https?://\S+?\.h5", message)

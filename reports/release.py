@@ -34,6 +34,7 @@ import keras
 import yaml
 
 from data_pipeline.cache import process_alive
+from data_pipeline.errors import first_line
 from reports import evaluate
 from reports.errors import ReportError
 from reports.study import (StudyView, check_data_unchanged, data_root, family_params, sha256_file, test_groups,
@@ -404,8 +405,7 @@ def verify(path: str | os.PathLike) -> Release:
     try:
         model = evaluate.load_model(folder / MODEL)
     except Exception as exc:  # noqa: BLE001 - any load failure means the release is unusable
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ReportError(f"{folder / MODEL}: does not load in Keras safe mode ({reason})") from None
+        raise ReportError(f"{folder / MODEL}: does not load in Keras safe mode ({first_line(exc, 200)})") from None
     if int(model.output_shape[-1]) != len(labels):
         raise ReportError(f"{folder}: model has {model.output_shape[-1]} outputs but {LABELS} names {len(labels)} classes")
     if evaluate.input_size(model) != int(preprocessing.get("image_size", -1)):

@@ -26,6 +26,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from data_pipeline.errors import first_line
 from reports import evaluate, figures
 from reports.errors import ReportError
 from reports.study import (StudyView, check_data_unchanged, data_root, family_params, load, sha256_file,
@@ -194,7 +195,7 @@ def _importances(study: optuna.Study, completed: list[FrozenTrial]) -> tuple[dic
         values = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except (ValueError, RuntimeError) as exc:
-        return {}, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return {}, first_line(exc)
     if not values:
         return {}, "no parameter varied across the completed trials"
     return dict(values), ""

@@ -83,13 +83,9 @@ class StudyView:
         return path
 
 
-def default_storage(studies_dir: Path) -> str:
-    return f"sqlite:///{Path(studies_dir) / 'hematune.db'}"
-
-
 def load(study_name: str | None, storage: str | None = None, studies_dir: Path = Path("studies")) -> StudyView:
     """Open an existing study; never creates a database or a study."""
-    from search.runner import open_storage  # its error messages for bad URLs
+    from search.storage import default_storage, open_storage  # its error messages for bad URLs
 
     if not study_name:
         raise ReportError("STUDY= is required, e.g. make report STUDY=cnn-blood-cells")

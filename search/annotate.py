@@ -51,6 +51,7 @@ from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
+from data_pipeline.errors import first_line
 from search import artifacts
 from search.artifact_store import store_dir, study_store
 from search.data import SearchData
@@ -304,7 +305,7 @@ class TrialAnnotator:
             self._record_error(trial, exc, "note")
 
     def _record_error(self, trial: optuna.Trial, exc: Exception, what: str) -> None:
-        message = f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        message = f"{what}: {type(exc).__name__}: {first_line(str(exc))}"[:300]
         try:
             trial.set_user_attr("annotation_error", message)
         except Exception:

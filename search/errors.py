@@ -1,13 +1,6 @@
-"""Errors the CLI turns into one line and a non-zero exit, without a traceback.
-
-Imports no backend: code that only opens a storage can use these cheaply.
-"""
-from data_pipeline.errors import DataError
-from models.errors import ModelConfigError
+"""The search's user error (a setting that cannot work), under hematune's one root error."""
+from data_pipeline.errors import HematuneError
 
 
-class SearchConfigError(ValueError):
+class SearchConfigError(HematuneError):
     """A search setting that cannot work (budget, storage, study, space…)."""
-
-
-USER_ERRORS = (DataError, ModelConfigError, SearchConfigError)

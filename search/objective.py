@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import optuna
 
+from data_pipeline.errors import first_line
 from models.common import unfreeze_top
 from models.registry import build_model
 from search import artifacts
@@ -25,6 +27,9 @@ from search.data import SearchData
 from search.environment import device_description, package_versions
 from search.precision import precision_policy
 from search.space import SearchSpace
+
+
+MAX_TRACEBACK = 8000  # characters of a failed trial's traceback kept on it (its innermost frames)
 
 
 class TrialFailed(RuntimeError):
@@ -148,8 +153,10 @@ def objective(ctx: SearchContext):
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+            reason = f"{type(exc).__name__}: {first_line(str(exc))}"[:500]
             trial.set_user_attr("fail_reason", reason)
+            # the one line above is what a person scans; the whole traceback is what a maintainer debugs with
+            trial.set_user_attr("fail_traceback", traceback.format_exc()[-MAX_TRACEBACK:])
             if ctx.reporter:
                 ctx.reporter.trial_failed(trial, reason)
             raise

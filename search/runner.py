@@ -30,7 +30,7 @@ from search import preflight
 from search.progress import TerminalReporter
 from search.pruning import PRUNERS, make_pruner
 from search.space import SearchSpace, load_space
-from search.storage import open_storage, retry_when_interrupted  # open_storage is also imported from here by reports
+from search.storage import default_storage, open_storage, retry_when_interrupted
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -60,13 +60,31 @@ class SearchConfig:
     sampler_seed: int | None = None
     precision: str = "auto"  # PRECISION=: auto, float32, mixed_bfloat16, mixed_float16 (search/precision.py)
 
+    # What a study records of its settings when it is created, so that `hematune worker` can join it with
+    # only STUDY and STORAGE and train exactly the same thing (search/workers.py). The rest — data path,
+    # study, storage, budget, sampler seed — belongs to each run.
+    RECORDED = ("model", "groups", "val_fraction", "seed", "pruner", "weights", "max_epochs", "keep_top",
+                "precision")
+
+    def to_record(self) -> dict:
+        """The settings stored on the study (``worker_settings``)."""
+        return {name: getattr(self, name) for name in self.RECORDED}
+
+    @classmethod
+    def from_record(cls, record: dict, **run_settings) -> SearchConfig:
+        """The config a study recorded with :meth:`to_record`, plus this run's own settings (``data``, ``study``,
+        ``trials``…), which also override a recorded one (a worker's ``--precision``). A setting an older
+        study did not record keeps its default."""
+        recorded = {name: record[name] for name in cls.RECORDED if name in record}
+        return cls(**{**recorded, **run_settings})
+
     def study_name(self) -> str:
         if self.study:
             return self.study
         return re.sub(r"[^A-Za-z0-9._-]", "-", f"{self.model}-{Path(self.data).expanduser().resolve().name}")
 
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{Path(self.studies_dir) / 'hematune.db'}"
+        return self.storage or default_storage(self.studies_dir)
 
 
 def check_config(config: SearchConfig) -> None:
@@ -127,10 +145,7 @@ def open_study(config: SearchConfig, storage: RDBStorage, data: SearchData, spac
             "seed": config.seed,
             "weights_policy": config.weights or "family default (imagenet for backbones)",
             # what `hematune worker` needs to join with only STUDY and STORAGE (search/workers.py)
-            "worker_settings": {"model": config.model, "groups": config.groups, "val_fraction": config.val_fraction,
-                                "seed": config.seed, "pruner": config.pruner, "weights": config.weights,
-                                "max_epochs": config.max_epochs, "keep_top": config.keep_top,
-                                "precision": config.precision},
+            "worker_settings": config.to_record(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }.items():
             study.set_user_attr(key, value)

@@ -41,6 +41,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from data_pipeline.errors import first_line
 from search import interrupts  # Keras-free too
 from search.errors import SearchConfigError  # Keras-free, like this module
 
@@ -117,6 +118,14 @@ class RetryLostTrial:
                     self.max_retry)
 
 
+DEFAULT_DATABASE = "hematune.db"
+
+
+def default_storage(studies_dir: Path | str) -> str:
+    """The storage used when STORAGE= is not given: one SQLite file in the studies folder."""
+    return f"sqlite:///{Path(studies_dir) / DEFAULT_DATABASE}"
+
+
 def redacted(url: str) -> str:
     """The URL with its password shown as ***, for anything printed."""
     try:
@@ -151,8 +160,7 @@ def describe_failure(exc: BaseException) -> str:
     """One line for a storage that failed mid-run (server gone, disk full): the root cause's first line."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (f"the study storage failed ({text[:200]}); what was stored before is intact: "
+    return (f"the study storage failed ({first_line(exc, 200)}); what was stored before is intact: "
             "fix the storage (server, disk space, permissions) and re-run to resume")
 
 
@@ -191,7 +199,7 @@ def open_storage(url: str) -> RDBStorage:
                 _tune_sqlite(storage)
             return storage
         except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             # two workers creating the tables of a new database at once: the loser finds them made
             if isinstance(exc, SQLAlchemyError) and attempt + 1 < CREATE_RACE_ATTEMPTS and any(
                     text in reason for text in ("already exists", "duplicate key")):

@@ -41,31 +41,10 @@ from search.environment import visible_gpus
 from search.errors import SearchConfigError
 
 STOP_WAIT_S = 120  # after Ctrl-C, how long workers get to record their trials before being killed
-DEFAULT_STORAGE = "sqlite:///{studies_dir}/hematune.db"
 SUPERVISED = "HEMATUNE_WORKER_INDEX"  # set in the workers this module starts: the supervisor prints the summary
 
 
-def add_worker_command(commands) -> None:
-    """The ``hematune worker`` sub-command (joins an existing study)."""
-    from search.cli import _number, _positive_int
-
-    worker = commands.add_parser(
-        "worker", help="join an existing study as one more worker (or N local ones with --workers N)",
-        description="Run trials of an existing study; its data, model, space and split come from the study.")
-    worker.add_argument("--study", help="name of the study to join (required)")
-    worker.add_argument("--storage", help="SQLAlchemy URL of the study (default: sqlite:///studies/hematune.db); "
-                        "postgresql://user:password@host/db for workers on several machines")
-    worker.add_argument("--studies-dir", default="studies", type=Path, help="where trial models live (default: studies)")
-    worker.add_argument("--data", help="the study's images at another path on this machine (default: the path the "
-                        "study recorded)")
-    worker.add_argument("--trials", type=_positive_int, default=20, help="finished trials the study should have")
-    worker.add_argument("--timeout", type=_number, help="wall-clock budget of the study's trials, seconds")
-    worker.add_argument("--workers", type=_positive_int, default=1, help="local worker processes to start (default 1)")
-    worker.add_argument("--precision", help="auto, float32, mixed_bfloat16 or mixed_float16 (default: the study's)")
-
-
 def _refuse_workers(n: int) -> None:
-
     if n < 1:
         raise SearchConfigError(f"WORKERS={n}: must be a positive number")
 
@@ -90,38 +69,33 @@ def joined_config(study_name: str, storage_url: str, studies_dir: Path, data: st
     if not settings or not space:
         raise SearchConfigError(f"STUDY={study_name}: the study does not record its settings (created by an older "
                                 "hematune); run `make search` with its original settings instead")
-    config = SearchConfig(
-        data=data or attrs["data_root"], model=settings["model"], study=study_name, storage=storage_url,
-        studies_dir=Path(studies_dir), trials=trials, timeout=timeout, max_epochs=settings["max_epochs"],
-        groups=settings["groups"], val_fraction=settings["val_fraction"], seed=settings["seed"],
-        pruner=settings["pruner"], weights=settings["weights"], keep_top=settings["keep_top"],
+    config = SearchConfig.from_record(
+        settings, data=data or attrs["data_root"], study=study_name, storage=storage_url,
+        studies_dir=Path(studies_dir), trials=trials, timeout=timeout,
         sampler_seed=int.from_bytes(os.urandom(4), "little"),  # workers must not propose the same trials
-        precision=precision or settings.get("precision", "auto"),  # auto is resolved on each worker's device
+        **({"precision": precision} if precision else {}),  # else the study's; auto is resolved on each device
     )
     return config, SearchSpace(space["model"], space["families"])
 
 
-def cmd_worker(args) -> int:
-    """``hematune worker``: one worker here, or ``--workers N`` local ones."""
-
-    if not args.study:
+def run_worker(study: str | None, storage: str, studies_dir: Path, data: str | None, trials: int,
+               timeout: float | None, workers: int, precision: str | None) -> int:
+    """``hematune worker``: one worker here, or ``--workers N`` local ones; the exit status."""
+    if not study:
         raise SearchConfigError("STUDY= is required: the name of the study to join (see `make search`)")
-    storage = args.storage or DEFAULT_STORAGE.format(studies_dir=args.studies_dir)
-    _refuse_workers(args.workers)
-    if args.workers > 1:
-        config, _ = joined_config(args.study, storage, args.studies_dir, args.data, args.trials, args.timeout,
-                                  args.precision)
-        return _supervise(config, args.workers)
+    _refuse_workers(workers)
+    if workers > 1:
+        config, _ = joined_config(study, storage, studies_dir, data, trials, timeout, precision)
+        return _supervise(config, workers)
     # a scheduler's or supervisor's SIGTERM is a Ctrl-C: the running trial is recorded, then exit
     interrupts.install(signal.SIGTERM)
     if SUPERVISED in os.environ:  # the supervisor forwards Ctrl-C, even when it was started with SIGINT ignored
         interrupts.install(signal.SIGINT)
-    config, space = joined_config(args.study, storage, args.studies_dir, args.data, args.trials, args.timeout,
-                                  args.precision)
+    config, space = joined_config(study, storage, studies_dir, data, trials, timeout, precision)
     from search.runner import run_search
 
     outcome = run_search(config, space=space)
-    return _finish(config, outcome, summary=SUPERVISED not in os.environ)
+    return finish_run(config, outcome, summary=SUPERVISED not in os.environ)
 
 
 def search_with_workers(config, workers: int) -> int:
@@ -268,7 +242,8 @@ def _print_summary(config, study) -> None:
     print_summary(study, Path(config.studies_dir), TerminalReporter(study).console)
 
 
-def _finish(config, outcome, summary: bool) -> int:
+def finish_run(config, outcome, summary: bool = True) -> int:
+    """After ``run_search``: the closing table (unless a supervisor prints it once for all), and the exit status."""
     if summary:
         _print_summary(config, outcome.study)
     if outcome.stopped_by_failures:

@@ -1,4 +1,4 @@
-"""``hematune serve``: the parser and the command (registered by `search.cli`).
+"""``hematune serve``: check the settings, bind the port, run the server (the CLI, `search.cli`, parses them).
 
 Imports nothing heavy at module level (``hematune --help`` stays fast). The
 checks that need no model run before the port is bound: which release,
@@ -8,7 +8,6 @@ verification stops the server with one line and exit status 2.
 """
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import socket
@@ -22,60 +21,13 @@ MIN_TOKEN = 16
 NEW_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe())'"
 
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text} must be positive")
-        return value
-    return parse
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value < 65536:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 65535")
-    return value
-
-
-def add_parser(commands) -> None:
-    serve = commands.add_parser(
-        "serve", help="serve a release: browser upload page and JSON prediction API",
-        description="Verify a release, then serve it: an upload page at /, POST /predict (multipart files or "
-                    "JSON base64), GET /health, GET /model, API docs at /docs. Serving a release name follows "
-                    "its champion pointer without a restart.")
-    which = serve.add_mutually_exclusive_group()
-    which.add_argument("--name", help="release name: serve the champion of <releases-dir>/<name> and follow it")
-    which.add_argument("--release", help="releases/<name> (its champion, followed) or releases/<name>/v<N> "
-                                         "(that version only)")
-    serve.add_argument("--releases-dir", default="releases", type=Path, help="(default: releases)")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to bind (default 127.0.0.1); any other than loopback needs a token")
-    serve.add_argument("--port", type=_port, default=8000, help="(default 8000; 0 picks a free one)")
-    serve.add_argument("--token", help=f"bearer token every API call must send (default: ${TOKEN_ENV}); "
-                                       f"at least {MIN_TOKEN} characters")
-    serve.add_argument("--max-file-mb", type=_positive(float), default=20.0, help="upload limit per file (default 20)")
-    serve.add_argument("--max-files", type=_positive(int), default=64, help="files per request (default 64)")
-    serve.add_argument("--max-request-mb", type=_positive(float), default=100.0,
-                       help="limit of a whole request body (default 100)")
-    serve.add_argument("--max-batch", type=_positive(int), default=64,
-                       help="most images one model call takes from concurrent requests (default 64; "
-                            "1 runs every request alone)")
-
-
-def release_target(args) -> Path:
+def release_target(release: str | None, name: str | None, releases_dir: Path) -> Path:
     """The folder to serve: --release, or --name under --releases-dir, or the only release name there."""
-    if args.release:
-        return Path(args.release)
-    base = Path(args.releases_dir)
-    if args.name:
-        return base / args.name
+    if release:
+        return Path(release)
+    base = Path(releases_dir)
+    if name:
+        return base / name
     names = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")) \
         if base.is_dir() else []
     if len(names) == 1:
@@ -120,20 +72,22 @@ def bind(host: str, port: int) -> socket.socket:
                           "choose another PORT= or HOST=") from None
 
 
-def cmd_serve(args) -> int:
+def serve(target: Path, host: str, port: int, token: str | None, max_file_mb: float, max_files: int,
+          max_request_mb: float, max_batch: int) -> None:
+    """Serve the release at ``target`` until Ctrl-C; ``token`` None reads ``$HEMATUNE_TOKEN``."""
     import uvicorn
 
     from serving.app import ServeOptions, create_app
     from serving.champion import Champion
     from serving.uploads import MB, Limits
 
-    token = check_token(args.host, args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None))
-    champion = Champion(release_target(args))
+    token = check_token(host, token if token is not None else (os.environ.get(TOKEN_ENV) or None))
+    champion = Champion(target)
     champion.check_target()  # a missing folder fails here; a bad release once verified, still before any request
-    sock = bind(args.host, args.port)
+    sock = bind(host, port)
     port = sock.getsockname()[1]
-    options = ServeOptions(limits=Limits(int(args.max_file_mb * MB), args.max_files, int(args.max_request_mb * MB)),
-                           token=token, max_batch=args.max_batch)
+    options = ServeOptions(limits=Limits(int(max_file_mb * MB), max_files, int(max_request_mb * MB)),
+                           token=token, max_batch=max_batch)
     fatal: list[str] = []
 
     def on_fatal(line: str) -> None:
@@ -150,7 +104,7 @@ def cmd_serve(args) -> int:
     app = create_app(champion, options, on_fatal=on_fatal, on_ready=on_ready)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, server_header=False,
                                            timeout_graceful_shutdown=10))
-    shown = f"[{args.host}]" if ":" in args.host else args.host
+    shown = f"[{host}]" if ":" in host else host
     print(f"hematune serve: {champion.target} on http://{shown}:{port}/  (API docs /docs; "
           f"{'bearer token required' if token else 'no token'}; Ctrl-C stops it); verifying and loading…", flush=True)
     try:
@@ -162,7 +116,3 @@ def cmd_serve(args) -> int:
     if fatal:
         raise ReportError(fatal[0])
     print("hematune serve: stopped", file=sys.stderr)
-    return 0
-
-
-COMMANDS = {"serve": cmd_serve}

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from data_pipeline.errors import first_line
+
 MB = 1024 * 1024
 JSON_SHAPE = 'send {"image": "<base64>"} or {"images": ["<base64>", …]}'
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -143,7 +145,7 @@ async def read_multipart(request, limits: Limits) -> list[Upload]:
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:
-        raise BadInput(400, f"not a valid multipart/form-data body ({str(exc).splitlines()[0][:120]})") from None
+        raise BadInput(400, f"not a valid multipart/form-data body ({first_line(exc, 120)})") from None
     if problems:
         status = max(s for s, _ in problems)  # 413 wins: a limit is what the client must change first
         raise BadInput(status, join_problems(dict.fromkeys(m for _, m in problems)))
@@ -172,7 +174,7 @@ async def read_json(request, limits: Limits) -> list[Upload]:
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(400, f"request body is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+        raise BadInput(400, f"request body is not valid JSON ({first_line(exc, 120)})") from None
     if isinstance(payload, dict) and set(payload) == {"image"}:
         named = [("image", payload["image"])]
     elif isinstance(payload, dict) and set(payload) == {"images"} and isinstance(payload["images"], list):
