@@ -14,12 +14,16 @@ GPU instead. Only cheap checks run there (``importlib.util.find_spec``,
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import importlib.util
 import os
 import platform
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -28,10 +32,69 @@ PACKAGES = ("hematune", "keras", "tensorflow-cpu", "tensorflow", "jax", "jaxlib"
             "pillow", "scikit-learn")
 
 
+# What TensorFlow's C++ side prints while it loads, before its log level is read (so TF_CPP_MIN_LOG_LEVEL cannot
+# stop it): absl's "before InitializeLog" notice, the oneDNN note and CPU/CUDA start-up lines, each twice
+TF_START_UP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called|oneDNN custom operations are on|"
+    r"cpu_feature_guard|This TensorFlow binary is optimized|To enable the following instructions|"
+    r"Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered|TF-TRT Warning")
+
+
 def quiet_backend_logs() -> None:
-    """Keep TensorFlow's C++ start-up chatter off the terminal (must run before keras is imported)."""
+    """Keep TensorFlow's start-up chatter off the terminal, so a user's first screen is hematune's.
+
+    Must run before anything imports TensorFlow (Keras does, on its default backend). The log-level
+    variables quiet TensorFlow once it runs; the lines its C++ libraries print while they load are kept
+    off by importing ``tensorflow`` with file descriptor 2 routed through a filter (:func:`_stderr_filtered`)
+    that drops only those lines: a real error or warning of the import still reaches stderr. The hook
+    acts on the first ``import tensorflow`` of the process, wherever it happens, and imports nothing itself
+    (``hematune --help`` stays fast).
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` as Python would, and runs its import inside :func:`_stderr_filtered`."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once: the rest of the search, and TensorFlow's submodules, are Python's own
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            load = spec.loader.exec_module
+
+            def exec_module(module):
+                with _stderr_filtered(TF_START_UP_NOISE):
+                    load(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+@contextmanager
+def _stderr_filtered(noise: re.Pattern):
+    """Route file descriptor 2 (where C++ writes, below Python) to a temporary file; afterwards, even when
+    the block raised, write back every line that ``noise`` does not match."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not noise.search(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 GPU_SETTING = "HEMATUNE_GPU"  # make … GPU=0
