@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from data_pipeline.files import write_atomic  # noqa: E402
+
 COLORS = {"hematune": "#1f77b4", "kt-hyperband": "#d62728", "kt-bayesian": "#2ca02c", "kt-random": "#7f7f7f"}
 LABELS = {"hematune": "hematune (TPE + Hyperband pruner)", "kt-hyperband": "KerasTuner Hyperband",
           "kt-bayesian": "KerasTuner BayesianOptimization", "kt-random": "KerasTuner RandomSearch"}
@@ -665,6 +667,4 @@ def render(results: dict, out_md: Path, out_dir: Path) -> None:
         "Working files (bench studies, KerasTuner folders, decode cache) are kept in `.bench/` for inspection.",
         "",
     ]
-    tmp = out_md.with_name(f".{out_md.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out_md)
+    write_atomic(out_md, "\n".join(lines))

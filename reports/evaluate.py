@@ -25,6 +25,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from data_pipeline.cache import load_or_decode
+from data_pipeline.files import replacing
 from data_pipeline.ingest import ImageSet, fingerprint
 
 BOOTSTRAP_SAMPLES = 2000
@@ -83,15 +84,14 @@ def predictions_path(report_dir: Path, trial_number: int) -> Path:
 
 def save_predictions(pred: Predictions, path: Path) -> None:
     """Atomic write: a crash never leaves a half file that a later report would trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(
-        tmp, files=pred.files.astype(str), y_true=pred.y_true, probs=pred.probs, classes=np.asarray(pred.classes),
-        trial=pred.trial, model_sha256=pred.model_sha256, test_fingerprint=pred.test_fingerprint,
-        skipped_files=np.asarray(list(pred.skipped), dtype=str), skipped_reasons=np.asarray(list(pred.skipped.values()), dtype=str),
-        groups=np.asarray(pred.groups if pred.groups is not None else pred.files, dtype=str),
-    )
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        np.savez_compressed(
+            tmp, files=pred.files.astype(str), y_true=pred.y_true, probs=pred.probs, classes=np.asarray(pred.classes),
+            trial=pred.trial, model_sha256=pred.model_sha256, test_fingerprint=pred.test_fingerprint,
+            skipped_files=np.asarray(list(pred.skipped), dtype=str),
+            skipped_reasons=np.asarray(list(pred.skipped.values()), dtype=str),
+            groups=np.asarray(pred.groups if pred.groups is not None else pred.files, dtype=str),
+        )
     pred.path = path
 
 

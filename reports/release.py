@@ -35,6 +35,7 @@ import yaml
 
 from data_pipeline.cache import process_alive
 from data_pipeline.errors import first_line
+from data_pipeline.files import write_atomic
 from reports import evaluate
 from reports.errors import ReportError
 from reports.study import (StudyView, check_data_unchanged, data_root, family_params, sha256_file, test_groups,
@@ -65,12 +66,6 @@ def _write(path: Path, text: str) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write(tmp, text)
-    os.replace(tmp, path)
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -158,7 +153,7 @@ def champion(base: Path) -> str | None:
 def set_champion(base: Path, version: str) -> None:
     if not (base / version / SUMS).is_file():
         raise ReportError(f"{base / version}: not a release; cannot make it champion")
-    _write_atomic(base / CHAMPION, version + "\n")
+    write_atomic(base / CHAMPION, version + "\n")
 
 
 def _test_metrics(view: StudyView, trial, model_file: Path, sha: str, model, reports_dir: Path, data) -> dict:

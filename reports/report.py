@@ -16,7 +16,6 @@ on the weights) — so the accuracy/latency Pareto front covers the whole study.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from data_pipeline.errors import first_line
+from data_pipeline.files import write_atomic
 from reports import evaluate, figures
 from reports.errors import ReportError
 from reports.study import (StudyView, check_data_unchanged, data_root, family_params, load, sha256_file,
@@ -219,13 +219,6 @@ def _counts_line(counts: dict | None) -> str:
     if not counts:
         return "—"
     return ", ".join(f"{k} {v}" for k, v in counts.items()) + f" (total {sum(counts.values())})"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def build_report(opts: ReportOptions) -> Report:
@@ -432,6 +425,6 @@ def build_report(opts: ReportOptions) -> Report:
         "bootstrap": {"samples": evaluate.BOOTSTRAP_SAMPLES, "seed": evaluate.BOOTSTRAP_SEED, "groups": groups_note},
     }
     report_path = out_dir / f"{view.name}.md"
-    _write_atomic(figures_dir / "summary.json", json.dumps(summary, indent=1, default=str))
-    _write_atomic(report_path, "\n".join(lines))
+    write_atomic(figures_dir / "summary.json", json.dumps(summary, indent=1, default=str))
+    write_atomic(report_path, "\n".join(lines))
     return Report(report_path, figures_dir, summary)

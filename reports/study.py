@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from data_pipeline import DataError
 from data_pipeline.ingest import ImageSet, fingerprint, scan
 from reports.errors import ReportError
-from search.artifacts import model_path
+from search.layout import model_path
 
 
 @dataclass

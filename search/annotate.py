@@ -53,7 +53,8 @@ from optuna.trial import TrialState
 
 from data_pipeline.errors import first_line
 from search import artifacts
-from search.artifact_store import store_dir, study_store
+from search.artifact_store import study_store
+from search.layout import dashboard_dir
 from search.data import SearchData
 
 ARTIFACTS_ATTR_PREFIX = "artifacts:"  # optuna.artifacts' metadata key (study/trial system attribute)
@@ -393,7 +394,7 @@ def sync_model_artifacts(study: optuna.Study, studies_dir: Path) -> set[int]:
         if not match:
             continue
         number = int(match.group(1))
-        present = (store_dir(studies_dir, study.study_name) / meta["artifact_id"]).is_file()
+        present = (dashboard_dir(studies_dir, study.study_name) / meta["artifact_id"]).is_file()
         if number in on_disk and number not in seen and present:
             seen.add(number)
         else:

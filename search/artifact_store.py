@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import BinaryIO
 
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-
-def store_dir(studies_dir: Path, study_name: str) -> Path:
-    """``<studies>/artifacts/<study>/dashboard`` (``<studies>/artifacts/<study>`` is `search.artifacts.artifacts_dir`)."""
-    return Path(studies_dir) / "artifacts" / study_name / "dashboard"
+from data_pipeline.files import replacing
+from search.layout import artifacts_root, dashboard_dir, uploads_dir
 
 
 class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
@@ -34,29 +33,24 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         target = self._get_filepath(artifact_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
         source = getattr(content_body, "name", None)
-        tmp = target.with_name(f".{artifact_id}.tmp-{os.getpid()}")
-        try:
-            if isinstance(source, str) and os.path.isfile(source):
-                try:
-                    os.link(source, tmp)
-                    os.replace(tmp, target)
-                    return
-                except OSError:
-                    pass  # another file system, or no hard links: copy
-            with open(tmp, "wb") as out:
-                while chunk := content_body.read(1 << 20):
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replacing(target) as tmp:
+            if not (isinstance(source, str) and os.path.isfile(source) and _linked(source, tmp)):
+                with open(tmp, "wb") as out:
+                    shutil.copyfileobj(content_body, out, 1 << 20)
+
+
+
+def _linked(source: str, link: Path) -> bool:
+    try:
+        os.link(source, link)
+        return True
+    except OSError:
+        return False  # another file system, or no hard links: copy
 
 
 def study_store(studies_dir: Path, study_name: str) -> AtomicFileSystemArtifactStore:
-    folder = store_dir(studies_dir, study_name)
+    folder = dashboard_dir(studies_dir, study_name)
     folder.mkdir(parents=True, exist_ok=True)
     return AtomicFileSystemArtifactStore(folder)
 
@@ -70,12 +64,13 @@ class StudiesArtifactStore:
     """
 
     def __init__(self, studies_dir: Path):
-        self.root = Path(studies_dir) / "artifacts"
+        self.root = artifacts_root(studies_dir)
+        self.uploads = uploads_dir(studies_dir)
 
     def _find(self, artifact_id: str) -> Path:
         if not re.fullmatch(r"[0-9a-fA-F-]{1,64}", artifact_id):
             raise ArtifactNotFound(f"invalid artifact id {artifact_id!r}")
-        for folder in [self.root / "_uploads", *sorted(self.root.glob("*/dashboard"))]:
+        for folder in [self.uploads, *sorted(self.root.glob("*/dashboard"))]:
             if (folder / artifact_id).is_file():
                 return folder / artifact_id
         raise ArtifactNotFound(f"artifact {artifact_id} not found under {self.root}")
@@ -84,7 +79,7 @@ class StudiesArtifactStore:
         return open(self._find(artifact_id), "rb")
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        AtomicFileSystemArtifactStore(self.root / "_uploads").write(artifact_id, content_body)
+        AtomicFileSystemArtifactStore(self.uploads).write(artifact_id, content_body)
 
     def remove(self, artifact_id: str) -> None:
         self._find(artifact_id).unlink()

@@ -1,14 +1,13 @@
 """Trial model files: only the top few trials keep one, so disk stays bounded.
 
-Files live in ``<studies>/artifacts/<study>/trial-<number>.keras``; a trial's
-file is derived from its number, so nothing in the storage can point at a
-file that was since removed. Writes go to a temporary name and are renamed
+Files live in ``<studies>/artifacts/<study>/trial-<number>.keras``
+(`search.layout`); a trial's file is derived from its number, so nothing in
+the storage can point at a file that was since removed. Writes go to a temporary name and are renamed
 into place: a crash leaves either the old state or the whole new file, and
 stale temporary files are swept on the next save.
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -16,18 +15,12 @@ from pathlib import Path
 import keras
 import optuna
 
+from data_pipeline.files import replacing
 from models.common import without_augmentation
+from search.layout import artifacts_dir, model_path  # the path rule, also imported from here
 
 TMP_MAX_AGE_S = 6 * 3600  # a temporary file older than this belongs to a dead process
 _TRIAL_FILE = re.compile(r"^trial-(\d+)\.keras$")
-
-
-def artifacts_dir(studies_dir: Path, study_name: str) -> Path:
-    return Path(studies_dir) / "artifacts" / study_name
-
-
-def model_path(studies_dir: Path, study_name: str, trial_number: int) -> Path:
-    return artifacts_dir(studies_dir, study_name) / f"trial-{trial_number:05d}.keras"
 
 
 def top_trial_numbers(study: optuna.Study, keep: int, extra: tuple[int, float] | None = None) -> set[int]:
@@ -48,9 +41,8 @@ def save_if_top(study: optuna.Study, studies_dir: Path, trial_number: int, value
     saved = None
     if trial_number in top:
         saved = model_path(studies_dir, study.study_name, trial_number)
-        tmp = saved.with_name(f".{saved.stem}.tmp-{os.getpid()}.keras")
-        without_augmentation(model).save(tmp)  # an inference file: no random layers left to misfire
-        os.replace(tmp, saved)
+        with replacing(saved) as tmp:
+            without_augmentation(model).save(tmp)  # an inference file: no random layers left to misfire
     running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
     sweep(folder, top | running)  # a running trial of another worker may be about to finish in the top
     return saved

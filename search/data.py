@@ -15,6 +15,7 @@ import numpy as np
 
 from data_pipeline import DataError
 from data_pipeline.cache import load_or_decode
+from data_pipeline.files import write_atomic
 from data_pipeline.ingest import DataIndex, fingerprint, scan
 from data_pipeline.split import Split, make_split
 
@@ -91,8 +92,5 @@ def prepare(data_root: str | os.PathLike, *, groups: str = "auto", val_fraction:
 def write_manifest(data: SearchData, path: Path) -> dict:
     """Record the split (which file went where, by which rule) beside the study; atomic."""
     manifest = data.manifest()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(manifest, indent=1))
     return manifest

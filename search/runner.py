@@ -24,6 +24,7 @@ from search.annotate import TrialAnnotator, annotate_study
 from search.data import SearchData, prepare, write_manifest
 from search.environment import device_description, gpu_unused_warning
 from search.errors import SearchConfigError
+from search.layout import split_manifest_path
 from search.objective import SearchContext, objective
 from search.precision import check_precision, resolve_precision
 from search import preflight
@@ -132,7 +133,7 @@ def open_study(config: SearchConfig, storage: RDBStorage, data: SearchData, spac
                                 sampler=sampler, pruner=make_pruner(config.pruner, max_epochs), load_if_exists=True)
     _check_resume(study, data, space)
     if not study.user_attrs.get("space_fingerprint"):
-        manifest_path = Path(config.studies_dir) / "splits" / f"{study.study_name}.json"
+        manifest_path = split_manifest_path(config.studies_dir, study.study_name)
         manifest = write_manifest(data, manifest_path)
         for key, value in {
             **data.summary(),

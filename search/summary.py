@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
-from search.artifacts import model_path
+from search.layout import model_path
 
 
 def print_summary(study: optuna.Study, studies_dir: Path, console: Console) -> None:

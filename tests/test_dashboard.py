@@ -27,7 +27,8 @@ from optuna_dashboard import get_note, save_note
 
 from search import artifacts
 from search.annotate import TrialAnnotator, annotate_study, study_artifacts, sync_model_artifacts
-from search.artifact_store import AtomicFileSystemArtifactStore, StudiesArtifactStore, store_dir
+from search.artifact_store import AtomicFileSystemArtifactStore, StudiesArtifactStore
+from search.layout import dashboard_dir
 from search.cli import main
 from search.dashboard import open_storage_for_dashboard
 from search.runner import SearchConfig, run_search
@@ -106,7 +107,7 @@ def test_study_note_and_trial_annotations(small_study):
         assert trial.user_attrs["latency_ms_batch1"] > 0
         metas = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
         assert sorted(m.filename for m in metas) == ["confusion-matrix-val.png", "metrics-val.json"]
-        store = AtomicFileSystemArtifactStore(store_dir(studies, STUDY))
+        store = AtomicFileSystemArtifactStore(dashboard_dir(studies, STUDY))
         by_name = {m.filename: m.artifact_id for m in metas}
         with store.open_reader(by_name["confusion-matrix-val.png"]) as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -141,7 +142,7 @@ def test_model_artifacts_follow_the_top_k(small_study, tmp_path):
 
     assert sync_model_artifacts(study, studies) == {int(survivor.stem[6:]), 99}
     assert sorted(m["filename"] for m in study_artifacts(study)) == [survivor.name, newcomer.name]
-    assert not (store_dir(studies, STUDY) / dropped_id).exists()
+    assert not (dashboard_dir(studies, STUDY) / dropped_id).exists()
     with pytest.raises(ArtifactNotFound):
         StudiesArtifactStore(studies).open_reader(dropped_id)
     assert sync_model_artifacts(study, studies) == {int(survivor.stem[6:]), 99}  # idempotent
