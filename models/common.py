@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +30,6 @@ class BuiltModel:
     model: keras.Model
     weights_origin: str
     backbone: keras.Model | None = None  # pretrained part, frozen at first; None for from-scratch models
-    notes: dict = field(default_factory=dict)
 
 
 def keras_cache_dir() -> Path:

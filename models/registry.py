@@ -14,10 +14,6 @@ FAMILIES = {
 PRETRAINED = frozenset({"efficientnet", "mobilenet", "resnet", "vgg"})
 
 
-def family_names() -> list[str]:
-    return list(FAMILIES)
-
-
 def build_model(family: str, params: dict, *, num_classes: int, image_size: int, weights: str | None = None,
                 seed: int = 0) -> BuiltModel:
     """Build ``family`` from trial parameters. ``weights=None`` picks the family default."""

@@ -23,8 +23,6 @@ from data_pipeline.cache import decode_image
 from reports import evaluate
 from reports.release import verify
 
-FORMATS = ("table", "csv", "json")
-
 
 @dataclass
 class Row:

@@ -353,8 +353,6 @@ class TrialAnnotator:
         except Exception as exc:
             self.warn(f"dashboard model artifacts not updated ({type(exc).__name__}: {exc})"[:300])
 
-    __call__ = annotate_trial
-
 
 def study_artifacts(study: optuna.Study) -> list[dict]:
     """The study's artifact metadata, skipping cleared entries.
