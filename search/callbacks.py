@@ -5,7 +5,8 @@
   (small augmented sets swing a lot between epochs, so the trial is scored and
   saved at its best epoch, not its last). Also stops on a NaN loss, a model
   that is not learning at all (`search.pruning.not_learning`) and at the
-  study's wall-clock deadline.
+  study's wall-clock deadline (the objective records a trial cut there as
+  pruned by the budget, search/budget.py).
 * `BatchProgress` — a live progress bar on a terminal; silent otherwise.
 * `InterruptCheck` — re-raises a Ctrl-C whose exception Python swallowed
   (`search.interrupts`), at the next batch.
@@ -25,7 +26,8 @@ METRIC = "val_accuracy"  # what Keras 3 logs for metrics=["accuracy"] on validat
 
 
 class EpochReporter(keras.callbacks.Callback):
-    def __init__(self, trial: optuna.Trial, *, deadline: float | None, chance: float | None = None, on_epoch=None):
+    def __init__(self, trial: optuna.Trial, *, deadline: float | None, chance: float | None = None, on_epoch=None,
+                 started: float | None = None):
         super().__init__()
         self.trial = trial
         self.chance = chance  # training accuracy of always guessing the commonest class
@@ -36,7 +38,9 @@ class EpochReporter(keras.callbacks.Callback):
         self.best_epoch: int | None = None
         self.best_weights = None
         self.stop_reason: str | None = None  # "pruned", "not_learning", "nan", "deadline"
-        self._started = time.monotonic()
+        # time.monotonic() at the trial's start: each epoch's "seconds" then include decoding, building and
+        # compiling, which is what the TIMEOUT budget needs to know of a trial (search/budget.py)
+        self._started = time.monotonic() if started is None else started
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}

@@ -22,6 +22,7 @@ from data_pipeline.errors import first_line
 from models.common import unfreeze_top
 from models.registry import build_model
 from search import artifacts
+from search.budget import EPOCH_END_SECONDS
 from search.callbacks import EpochReporter, InterruptCheck
 from search.data import SearchData
 from search.environment import device_description, package_versions
@@ -95,7 +96,7 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
     batch_size = int(params.get("batch_size", 32))
     reporter = EpochReporter(trial, deadline=ctx.deadline,
                              chance=ctx.data.chance_level() if ctx.stop_not_learning else None,
-                             on_epoch=ctx.reporter.epoch_ended if ctx.reporter else None)
+                             on_epoch=ctx.reporter.epoch_ended if ctx.reporter else None, started=started)
     callbacks = [InterruptCheck(), reporter] + (ctx.reporter.batch_callbacks(len(x_train), batch_size)
                                                 if ctx.reporter else [])
     for first, end, lr, fraction in _phases(params, built, max_epochs):
@@ -119,6 +120,7 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
     trial.set_user_attr("val_loss_per_epoch", [round(h["val_loss"], 5) for h in history])
     trial.set_user_attr("epochs_trained", len(history))
     trial.set_user_attr("wall_seconds", round(time.monotonic() - started, 2))
+    trial.set_user_attr(EPOCH_END_SECONDS, [h["seconds"] for h in history])  # what the TIMEOUT budget estimates from
     if reporter.best_epoch is not None:
         best = history[[h["epoch"] for h in history].index(reporter.best_epoch)]
         trial.set_user_attr("best_epoch", reporter.best_epoch)
@@ -133,8 +135,13 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
         reason = f"pruned at epoch {len(history)}: val_accuracy {history[-1]['val_accuracy']:.3f}, {why}"
         trial.set_user_attr("prune_reason", reason)
         raise optuna.TrialPruned(reason)
-    if reporter.stop_reason == "deadline":
-        trial.set_user_attr("stopped_by", f"TIMEOUT budget reached after epoch {len(history)}")
+    if reporter.stop_reason == "deadline" and len(history) < max_epochs:
+        # a one-epoch score is no finished trial: recorded as one, TPE would learn from it and the closing
+        # table would list it beside complete ones (search/budget.py starts no trial that would end so early)
+        reason = f"stopped by the TIMEOUT budget after epoch {len(history)}"
+        trial.set_user_attr("stopped_by", reason)
+        trial.set_user_attr("prune_reason", reason)
+        raise optuna.TrialPruned(reason)
     if not math.isfinite(reporter.best_value):
         raise TrialFailed("no epoch finished with a finite loss")
 

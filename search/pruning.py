@@ -17,12 +17,31 @@ CHANCE_MARGIN = 0.02  # within two points of guessing counts as guessing
 NOT_LEARNING_EPOCHS = 3
 
 
+MIN_RESOURCE = 1  # Hyperband: the first rung is at step (epoch index) 1, i.e. after 2 epochs, in its first bracket
+WARMUP_STEPS = 1  # median: no pruning before step 1, i.e. after 2 epochs
+
+
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=MIN_RESOURCE, max_resource=max(max_epochs, 1),
+                                              reduction_factor=3)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=WARMUP_STEPS)
     return optuna.pruners.NopPruner()
+
+
+def first_rung(name: str, max_epochs: int) -> int:
+    """Epochs a trial must train before the pruner can first judge it (steps are 0-based epoch indices).
+
+    A trial stopped before then has told the sampler nothing comparable, so the TIMEOUT budget does not
+    start one it cannot take that far (search/budget.py). With Hyperband this is its earliest bracket's
+    rung (later brackets judge later); with PRUNER=none nothing is judged early: the whole trial.
+    """
+    if name == "hyperband":
+        return min(MIN_RESOURCE + 1, max_epochs)
+    if name == "median":
+        return min(WARMUP_STEPS + 1, max_epochs)
+    return max_epochs
 
 
 def not_learning(train_accuracies: list[float], chance: float, epochs: int = NOT_LEARNING_EPOCHS) -> bool:

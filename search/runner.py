@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from rich.markup import escape
 
 from search.annotate import TrialAnnotator, annotate_study
+from search.budget import BudgetGuard
 from search.data import SearchData, prepare, write_manifest
 from search.environment import device_description, gpu_unused_warning
 from search.errors import SearchConfigError
@@ -29,7 +30,7 @@ from search.objective import SearchContext, objective
 from search.precision import check_precision, resolve_precision
 from search import preflight
 from search.progress import TerminalReporter
-from search.pruning import PRUNERS, make_pruner
+from search.pruning import PRUNERS, first_rung, make_pruner
 from search.space import SearchSpace, load_space
 from search.storage import default_storage, open_storage, retry_when_interrupted
 
@@ -245,14 +246,22 @@ def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, c
         deadline=None if remaining_time is None else time.time() + remaining_time, reporter=reporter,
         stop_not_learning=config.pruner != "none", precision=precision,
     )
+    # no trial starts that the time left cannot take to its first pruning rung (search/budget.py)
+    budget = None if ctx.deadline is None else BudgetGuard(ctx.deadline, first_rung(config.pruner, max_epochs))
+    too_late = budget and budget.why_not_start(study.get_trials(deepcopy=False))
+    if too_late:
+        reporter.line(too_late)
+        return SearchOutcome(study)
     failures = _StopAfterFailures(config.max_consecutive_failures)
     annotator = TrialAnnotator(data, Path(config.studies_dir), config.keep_top, warn=reporter.line)
     study.optimize(
         retry_when_interrupted(annotator.wrap(objective(ctx))), n_trials=None, timeout=remaining_time,
         catch=(Exception,), gc_after_trial=True,
         callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=FINISHED), reporter.trial_finished, failures,
-                   annotator.annotate_trial],
+                   annotator.annotate_trial, *([budget] if budget else [])],
     )
+    if budget and budget.stopped:
+        reporter.line(budget.stopped)
     if data.problems:
         study.set_user_attr("skipped_images", dict(list(data.problems.items())[:200]))
     stopped = failures.last_reason if failures.streak >= failures.limit else None
