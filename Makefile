@@ -45,7 +45,7 @@ help:
 	@echo "make search … WORKERS=4                     the same with 4 local worker processes on one study"
 	@echo "make worker STUDY=… [STORAGE=postgresql://…] [WORKERS=N]  join an existing study (another terminal or machine)"
 	@echo "make dashboard [STUDY=…] [STORAGE=…] [PORT=8080]  browse studies in optuna-dashboard on 127.0.0.1"
-	@echo "make report STUDY=…                       Markdown comparison report → reports/<study>.md (reads TEST)"
+	@echo "make report STUDY=…                       Markdown comparison report → reports/out/<study>.md (reads TEST)"
 	@echo "make export STUDY=… [TRIAL=best|N]         best model → exports/<study>/model.keras + labels, preprocessing"
 	@echo "make promote STUDY=… [TRIAL=] [NAME=] [CHAMPION=1]  versioned release → releases/<name>/v<N>/"
 	@echo "make serve [NAME=…|RELEASE=releases/<name>/vN] [PORT=8000] [HOST=…] [TOKEN=…]  upload page + JSON API on 127.0.0.1"

@@ -36,7 +36,7 @@ import yaml
 from data_pipeline.cache import process_alive
 from data_pipeline.errors import first_line
 from data_pipeline.files import write_atomic
-from reports import evaluate
+from reports import OUT_DIR, evaluate
 from reports.errors import ReportError
 from reports.study import (StudyView, check_data_unchanged, data_root, family_params, sha256_file, test_groups,
                            test_images)
@@ -269,7 +269,7 @@ class Promoted:
 
 
 def promote(view: StudyView, trial_ref: str | int = "best", name: str | None = None,
-            releases_dir: Path = Path("releases"), reports_dir: Path = Path("reports"), make_champion: bool = False,
+            releases_dir: Path = Path("releases"), reports_dir: Path = OUT_DIR, make_champion: bool = False,
             data: str | None = None) -> Promoted:
     from search.environment import git_commit
 

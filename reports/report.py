@@ -1,4 +1,4 @@
-"""The comparison report of a study: ``reports/<study>.md`` with figures in ``reports/<study>/``.
+"""The comparison report of a study: ``reports/out/<study>.md`` with figures in ``reports/out/<study>/``.
 
 What it is for: letting a person *prove* which model to ship. Models are
 ranked on group-validation accuracy only (what the search optimised); TEST is
@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from data_pipeline.errors import first_line
 from data_pipeline.files import write_atomic
-from reports import evaluate, figures
+from reports import OUT_DIR, evaluate, figures
 from reports.errors import ReportError
 from reports.study import (StudyView, check_data_unchanged, data_root, family_params, load, sha256_file,
                            test_groups, test_images)
@@ -40,7 +40,7 @@ class ReportOptions:
     study: str
     storage: str | None = None
     studies_dir: Path = Path("studies")
-    out_dir: Path = Path("reports")
+    out_dir: Path = OUT_DIR
     data: str | None = None  # the data folder, when it moved since the search
     top_k: int = 3
     within: float = 1.0  # accuracy points: "fastest model within this of the best"

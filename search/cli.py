@@ -21,6 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from reports import OUT_DIR  # a path constant: the package's __init__ imports nothing heavy
 from search import interrupts
 from search.environment import quiet_backend_logs, select_backend
 from serving.server import MIN_TOKEN, TOKEN_ENV  # stdlib only, like this module
@@ -129,10 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=whole_number, default=8080, help="port on 127.0.0.1 (default 8080)")
 
     report = commands.add_parser("report", help="write the Markdown comparison report of a study",
-                                 description="Compare a study's models: reports/<study>.md plus figures in "
-                                             "reports/<study>/. Reads TEST, once per reported model.")
+                                 description=f"Compare a study's models: {OUT_DIR}/<study>.md plus figures in "
+                                             f"{OUT_DIR}/<study>/. Reads TEST, once per reported model.")
     _add_report_study_options(report)
-    report.add_argument("--out", default="reports", type=Path, help="output folder (default: reports)")
+    report.add_argument("--out", default=OUT_DIR, type=Path, help=f"output folder (default: {OUT_DIR})")
     report.add_argument("--top-k", default=3, type=positive(int), help="top trials to compare besides each family's best")
     report.add_argument("--within", default=1.0, type=number,
                         help="name the fastest model within this many accuracy points of the best (default 1)")
@@ -155,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--champion", action="store_true",
                          help="make this version the champion (the first release always is)")
     promote.add_argument("--releases-dir", default="releases", type=Path, help="(default: releases)")
-    promote.add_argument("--reports-dir", default="reports", type=Path,
-                         help="where the report keeps TEST predictions, re-used here (default: reports)")
+    promote.add_argument("--reports-dir", default=OUT_DIR, type=Path,
+                         help=f"where the report keeps TEST predictions, re-used here (default: {OUT_DIR})")
 
     verify = commands.add_parser("verify", help="check a release's checksums and load its model in safe mode")
     verify.add_argument("release", help="releases/<name>/v<N>, or releases/<name> for its champion")

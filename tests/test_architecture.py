@@ -93,3 +93,22 @@ def test_packages_import_only_the_layers_below(layer):
                     if name.split(".")[0] == layer and name != CLI
                     for target in targets if target.split(".")[0] not in allowed)
     assert upward == [], f"imports pointing up from {layer}: {'; '.join(upward)}"
+
+
+def _ignored(paths: list[str]) -> set[str]:
+    """Which of ``paths`` (relative to the repository) git would ignore."""
+    import subprocess
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    done = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
+    return set(done.stdout.split())
+
+
+def test_generated_reports_cannot_meet_code_or_committed_results():
+    from reports import OUT_DIR
+
+    code = [f"{layer}/new_subpackage/__init__.py" for layer in LAYERS] + ["reports/bench.md", "reports/bench/results.json"]
+    generated = [f"{OUT_DIR.as_posix()}/bench.md", f"{OUT_DIR.as_posix()}/bench/predictions-trial-0.npz"]
+    assert _ignored(code + generated) == set(generated)
+    assert OUT_DIR.parts[0] == "reports" and len(OUT_DIR.parts) == 2  # one folder of its own, under reports/
