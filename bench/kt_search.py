@@ -22,6 +22,7 @@ import keras_tuner as kt
 
 from bench.common import Stopwatch, best_so_far
 from models.registry import build_model
+from search.objective import compile_trial_model
 
 TUNERS = {"kt-hyperband": kt.Hyperband, "kt-bayesian": kt.BayesianOptimization, "kt-random": kt.RandomSearch}
 
@@ -55,11 +56,7 @@ class CnnHyperModel(kt.HyperModel):
         keras.utils.set_random_seed(seed)
         model = build_model("cnn", params, num_classes=self.num_classes, image_size=int(params["image_size"]),
                             weights="none", seed=seed).model
-        model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate=float(params["learning_rate"]),
-                                             weight_decay=float(params.get("weight_decay", 1e-4))),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(params.get("label_smoothing", 0.0))),
-            metrics=["accuracy"])
+        compile_trial_model(model, params)  # exactly as a hematune trial compiles it
         return model
 
     def fit(self, hp, model, *args, **kwargs):

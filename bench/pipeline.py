@@ -26,6 +26,7 @@ from bench.common import Paths, Stopwatch, loadavg, quiet_console, spread
 from bench.settings import OVERHEAD_PARAMS, Settings
 from models.registry import build_model
 from search.data import prepare
+from search.objective import compile_trial_model
 from search.progress import TerminalReporter
 from search.runner import SearchConfig, run_search
 
@@ -85,9 +86,7 @@ def bare_arm(arrays, num_classes: int, settings: Settings) -> dict:
     with Stopwatch() as total:
         keras.utils.set_random_seed(0)
         model = build_model("cnn", params, num_classes=num_classes, image_size=params["image_size"], seed=0).model
-        model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate=params["learning_rate"], weight_decay=params["weight_decay"]),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=params["label_smoothing"]), metrics=["accuracy"])
+        compile_trial_model(model, params)  # exactly as a hematune trial compiles it
         clock = _EpochEnds()
         start = time.perf_counter()
         model.fit(tensors[0], tensors[1], batch_size=params["batch_size"], epochs=settings.overhead_epochs,

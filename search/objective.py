@@ -29,7 +29,6 @@ from search.environment import device_description, package_versions
 from search.precision import precision_policy
 from search.space import SearchSpace
 
-
 MAX_TRACEBACK = 8000  # characters of a failed trial's traceback kept on it (its innermost frames)
 
 
@@ -52,6 +51,18 @@ class SearchContext:
     reporter: object | None = None  # search.progress.TerminalReporter or None
     stop_not_learning: bool = True  # PRUNER=none turns this off too: no trial is stopped early
     precision: str = "float32"  # a resolved Keras dtype policy (search/precision.py), never "auto"
+
+
+def compile_trial_model(model: keras.Model, params: dict, learning_rate: float | None = None) -> None:
+    """Compile ``model`` as a trial trains it: AdamW with the trial's weight decay, label-smoothed cross-entropy
+    on one-hot labels, accuracy. The benchmarks call this too, so what they time is what a trial trains.
+    ``learning_rate`` overrides the trial's (the fine-tuning phase trains at a fraction of it)."""
+    lr = float(params["learning_rate"]) if learning_rate is None else learning_rate
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=lr, weight_decay=float(params.get("weight_decay", 1e-4))),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(params.get("label_smoothing", 0.0))),
+        metrics=["accuracy"],
+    )
 
 
 def _phases(params: dict, built, max_epochs: int) -> list[tuple[int, int, float, float | None]]:
@@ -104,11 +115,7 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
             continue
         if fraction is not None:
             trial.set_user_attr("unfrozen_layers", unfreeze_top(built.backbone, fraction))
-        model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate=lr, weight_decay=float(params.get("weight_decay", 1e-4))),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(params.get("label_smoothing", 0.0))),
-            metrics=["accuracy"],
-        )
+        compile_trial_model(model, params, learning_rate=lr)
         model.fit(x_train, y_train_1h, batch_size=batch_size, epochs=end, initial_epoch=first,
                   validation_data=(x_val, y_val_1h), validation_batch_size=max(batch_size, 128),
                   callbacks=callbacks, shuffle=True, verbose=0)
