@@ -5,8 +5,9 @@ Two layouts are accepted:
 * ``ROOT/TRAIN/<class>/…`` and ``ROOT/TEST/<class>/…`` (the reference set);
 * ``ROOT/<class>/…`` — the test part is then carved out by `split` and recorded.
 
-Only file names and folder names are looked at here; pixels are read by
-`cache`, which is also where unreadable images are found and reported.
+Only file names and folder names are looked at here, and file bytes only for
+the content `fingerprint`; pixels are read by `cache`, which is also where
+unreadable images are found and reported.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_pipeline.cache import file_digests
 from data_pipeline.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
@@ -149,16 +151,42 @@ def scan(root: str | os.PathLike, *, read_test: bool = True) -> DataIndex:
     return DataIndex(root, "train_test", classes, _to_image_set(per_class, classes), test, tuple(skipped))
 
 
-def fingerprint(images: ImageSet, root: Path) -> str:
-    """A short hash of the file list and each file's size and mtime.
+FINGERPRINT_RULE = "content"  # recorded beside a study's fingerprint; studies made before it used file times
 
-    Cheap (no pixel is read) yet changes whenever a file is added, removed,
-    relabelled, replaced or edited in place, so caches and studies keyed by it
-    never mix two versions of a data set.
+
+def fingerprint(images: ImageSet, root: Path, cache_dir: Path | None = None) -> str:
+    """A short hash of the file list (relative paths, labels) and each file's content.
+
+    Changes whenever a file is added, removed, relabelled, replaced or edited,
+    so caches and studies keyed by it never mix two versions of a data set;
+    an identical copy of the data (restored backup, new server, another mount)
+    keeps it. File hashes are memoised in the decode cache folder by path,
+    size, mtime, ctime and inode (`data_pipeline.cache.file_digests`), so only
+    the first run reads every file.
     """
+    digest = hashlib.sha256(f"{FINGERPRINT_RULE}\n".encode())
+    for path, label, file_digest in zip(images.files, images.labels, file_digests(images.files, cache_dir)):
+        digest.update(f"{os.path.relpath(path, root)}\0{label}\0{file_digest}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def time_fingerprint(images: ImageSet, root: Path) -> str:
+    """The fingerprint studies recorded before content hashing (file list, sizes and mtimes): kept only to
+    recognise such a study on its unchanged data (`fingerprint_change`)."""
     digest = hashlib.sha256()
     for path, label in zip(images.files, images.labels):
         stat = path.stat()
         rel = os.path.relpath(path, root)
         digest.update(f"{rel}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def fingerprint_change(recorded: str, rule: str | None, images: ImageSet, root: Path, now: str) -> str | None:
+    """None when ``images`` are the data a study recorded as ``recorded`` (by ``rule``, None for studies made
+    before content fingerprints), else why not, as a clause for the caller's refusal."""
+    if rule == FINGERPRINT_RULE:
+        return None if recorded == now else f"fingerprint {recorded} ≠ {now}"
+    if recorded == time_fingerprint(images, root):
+        return None  # an older study on files untouched since: the same data
+    return (f"its fingerprint {recorded} was made by an older hematune from file modification times, which differ "
+            "now: if the files were only copied, copy them again keeping their times (cp -p, rsync -t)")

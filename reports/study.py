@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from data_pipeline import DataError
-from data_pipeline.ingest import ImageSet, fingerprint, scan
+from data_pipeline.ingest import ImageSet, fingerprint, fingerprint_change, scan
 from reports.errors import ReportError
 from search.layout import model_path
 
@@ -119,9 +119,11 @@ def check_data_unchanged(view: StudyView, root: Path) -> None:
         index = scan(root, read_test=False)
     except DataError as exc:
         raise ReportError(str(exc)) from None
-    now, then = fingerprint(index.train, index.root), view.attrs.get("data_fingerprint")
-    if then and now != then:
-        raise ReportError(f"DATA={root}: changed since study {view.name} ran (fingerprint {now} ≠ {then}); "
+    then = view.attrs.get("data_fingerprint")
+    changed = then and fingerprint_change(then, view.attrs.get("data_fingerprint_rule"), index.train, index.root,
+                                          fingerprint(index.train, index.root))
+    if changed:
+        raise ReportError(f"DATA={root}: changed since study {view.name} ran ({changed}); "
                           "TEST numbers would not belong to this study")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from data_pipeline import DataError
 from data_pipeline.cache import load_or_decode
 from data_pipeline.files import write_atomic
-from data_pipeline.ingest import DataIndex, fingerprint, scan
+from data_pipeline.ingest import FINGERPRINT_RULE, DataIndex, fingerprint, scan
 from data_pipeline.split import Split, make_split
 
 
@@ -71,6 +71,7 @@ class SearchData:
             "layout": self.index.layout,
             "classes": list(self.classes),
             "data_fingerprint": self.fingerprint,
+            "data_fingerprint_rule": FINGERPRINT_RULE,  # studies without it were fingerprinted by file times
             "split_rule": self.split.rule,
             "split_seed": self.split.seed,
             "val_fraction": self.split.val_fraction,
@@ -86,7 +87,7 @@ def prepare(data_root: str | os.PathLike, *, groups: str = "auto", val_fraction:
     """Index DATA (TEST names only), fingerprint the training pool and split it by group."""
     index = scan(data_root, read_test=False)
     split = make_split(index, groups, val_fraction=val_fraction, seed=seed)
-    return SearchData(index, split, fingerprint(index.train, index.root), cache_dir)
+    return SearchData(index, split, fingerprint(index.train, index.root, cache_dir), cache_dir)
 
 
 def write_manifest(data: SearchData, path: Path) -> dict:

@@ -20,6 +20,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from rich.markup import escape
 
+from data_pipeline.ingest import fingerprint_change
 from search.annotate import TrialAnnotator, annotate_study
 from search.budget import BudgetGuard
 from search.data import SearchData, prepare, write_manifest
@@ -114,10 +115,11 @@ def _check_resume(study: optuna.Study, data: SearchData, space: SearchSpace) -> 
     attrs = study.user_attrs
     if not attrs.get("space_fingerprint"):
         return
-    if attrs["data_fingerprint"] != data.fingerprint:
-        raise SearchConfigError(
-            f"STUDY={study.study_name}: was created on other data (fingerprint {attrs['data_fingerprint']} ≠ "
-            f"{data.fingerprint}); use a new STUDY name for this data")
+    changed = fingerprint_change(attrs["data_fingerprint"], attrs.get("data_fingerprint_rule"), data.index.train,
+                                 data.index.root, data.fingerprint)
+    if changed:
+        raise SearchConfigError(f"STUDY={study.study_name}: was created on other data ({changed}); "
+                                "use a new STUDY name for this data")
     if attrs["space_fingerprint"] != space.fingerprint:
         raise SearchConfigError(f"STUDY={study.study_name}: {space.change_from(attrs.get('space'))}")
     if attrs.get("split_rule") != data.split.rule:

@@ -76,3 +76,18 @@ def test_unusable_images_are_skipped_and_reported(make_dataset, kind, reason):
     assert len(x) == len(y) == len(index.train) - 1
     # the report survives the cache
     assert reason in load_or_decode(index.train, 16).problems[str(bad)]
+
+
+def test_an_identical_copy_finds_the_decoded_entry_and_names_its_own_files(make_dataset, tmp_path, monkeypatch):
+    import shutil
+
+    root = make_dataset()
+    (root / "TRAIN" / "class0" / "_0_0.png").write_bytes(b"not an image")
+    first = load_or_decode(scan(root).train, 24)
+    copy = tmp_path / "restored"
+    shutil.copytree(root, copy, copy_function=shutil.copy)  # new modification times, same bytes
+    monkeypatch.setattr(cache, "decode_image", lambda *a, **k: pytest.fail("decoded although cached"))
+    second = load_or_decode(scan(copy).train, 24)
+    assert second.from_cache
+    np.testing.assert_array_equal(np.asarray(first.pixels), np.asarray(second.pixels))
+    assert list(second.problems) == [str(copy / "TRAIN" / "class0" / "_0_0.png")]

@@ -80,3 +80,68 @@ def test_fingerprint_changes_with_content_metadata(make_dataset):
     victim = index.train.files[0]
     victim.write_bytes(victim.read_bytes() + b"\0")
     assert fingerprint(scan(root).train, root) != before
+
+
+# --- content fingerprint: an identical copy keeps it, any changed byte changes it -------------------------
+
+def _copy_without_times(source, target):
+    """A copy as a restore or a new server makes it: same bytes, new modification times."""
+    import shutil
+
+    shutil.copytree(source, target, copy_function=shutil.copy)
+    return target
+
+
+def test_an_identical_copy_of_the_data_keeps_its_fingerprint(make_dataset, tmp_path):
+    root = make_dataset()
+    copy = _copy_without_times(root, tmp_path / "restored")
+    assert scan(copy).train.files[0].stat().st_mtime_ns != scan(root).train.files[0].stat().st_mtime_ns
+    assert fingerprint(scan(copy).train, copy) == fingerprint(scan(root).train, root)
+
+
+def test_changed_content_with_the_old_size_and_time_changes_the_fingerprint(make_dataset):
+    import os
+
+    root = make_dataset()
+    before = fingerprint(scan(root).train, root)  # memoises every file's hash
+    victim = scan(root).train.files[0]
+    stat = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as `cp -p` or a careless edit tool would
+    assert victim.stat().st_size == stat.st_size and victim.stat().st_mtime_ns == stat.st_mtime_ns
+    assert fingerprint(scan(root).train, root) != before
+
+
+def test_a_rerun_reads_no_file_it_has_hashed(make_dataset, monkeypatch):
+    from data_pipeline import cache
+
+    root = make_dataset()
+    files = scan(root).train.files
+    fingerprint(scan(root).train, root)
+    hashed = []
+    real_sha256 = cache._sha256
+    monkeypatch.setattr(cache, "_sha256", lambda path: hashed.append(path) or real_sha256(path))
+    monkeypatch.setattr(cache, "_MEMOS", {})  # a new process: the memo comes from disk
+    fingerprint(scan(root).train, root)
+    assert hashed == []
+    files[1].write_bytes(files[1].read_bytes() + b"\0")
+    fingerprint(scan(root).train, root)
+    assert hashed == [str(files[1])]
+
+
+def test_a_study_made_before_content_fingerprints(make_dataset, tmp_path):
+    """Older studies recorded a file-time fingerprint: accepted on their untouched files, refused on a copy
+    with a line that says how to proceed."""
+    from data_pipeline.ingest import fingerprint_change, time_fingerprint
+
+    root = make_dataset()
+    index = scan(root)
+    old = time_fingerprint(index.train, root)
+    assert fingerprint_change(old, None, index.train, root, fingerprint(index.train, root)) is None
+    copy = _copy_without_times(root, tmp_path / "restored")
+    moved = scan(copy)
+    why = fingerprint_change(old, None, moved.train, copy, fingerprint(moved.train, copy))
+    assert why.startswith(f"its fingerprint {old} was made by an older hematune from file modification times")
+    assert "cp -p" in why and "\n" not in why
