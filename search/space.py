@@ -35,7 +35,10 @@ from models.registry import FAMILIES
 from search.errors import SearchConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-SPACES_DIR = ROOT / "studies" / "spaces"
+# In a checkout (and an editable install) the spaces are studies/spaces/, the files users read and edit; a
+# non-editable install (pip install ., a Docker image) has them as package data, search/spaces/ (pyproject.toml)
+CHECKOUT_SPACES_DIR = ROOT / "studies" / "spaces"
+SPACES_DIR = CHECKOUT_SPACES_DIR if CHECKOUT_SPACES_DIR.is_dir() else Path(__file__).resolve().parent / "spaces"
 PROFILE_DIRS = {"cpu": SPACES_DIR, "gpu": SPACES_DIR / "gpu"}
 PROFILE_REASONS = {"cpu": "no accelerator found", "gpu": "accelerator found"}
 KINDS = ("float", "int", "categorical")
@@ -47,8 +50,10 @@ def profile_for(device: str) -> str:
 
 
 def _shown(path: Path) -> str:
-    """A space file as the user would type it: relative to the project for the shipped ones."""
+    """A space file as the user would type it: relative to the checkout for its own ones, else the full path."""
     path = Path(path)
+    if SPACES_DIR != CHECKOUT_SPACES_DIR:
+        return str(path)
     try:
         return str(path.resolve().relative_to(ROOT))
     except ValueError:
