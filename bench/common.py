@@ -111,6 +111,7 @@ def test_score(model_file: Path, data_root: Path, report_dir: Path) -> dict:
     from data_pipeline.split import resolve_groups
     from reports import evaluate
     from reports.study import sha256_file
+    from search import metrics as scoring
 
     index = scan(data_root, read_test=True)
     groups = list(resolve_groups("filename", index, index.test).groups)
@@ -118,7 +119,7 @@ def test_score(model_file: Path, data_root: Path, report_dir: Path) -> dict:
     pred = evaluate.test_predictions(Path(model_file), sha, 0, index.test, index.root, list(index.classes),
                                      Path(report_dir), groups=groups)
     low, high = evaluate.bootstrap_ci(pred.correct, pred.groups)
-    return {"accuracy": evaluate.accuracy(pred.y_true, pred.y_pred), "ci95": [low, high],
+    return {"accuracy": scoring.accuracy(pred.y_true, pred.y_pred), "ci95": [low, high],
             "images": int(len(pred.y_true)), "groups": int(len(set(groups)))}
 
 

@@ -11,22 +11,24 @@ augmented copies of 71 source cells, and copies of one cell are right or wrong
 together, so resampling files would give an interval several times too narrow;
 macro-F1 (classes are balanced in files but not in source cells), per-class
 precision/recall/F1, expected calibration error (10 equal-width confidence
-bins) and CPU latency at batch 1 (median and inter-quartile range).
+bins) and CPU latency at batch 1 (median and inter-quartile range). Per-class
+metrics, the confusion matrix and the timing loop are `search.metrics`, which
+the dashboard's trial annotations use too.
 """
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import f1_score
 
 from data_pipeline.cache import load_or_decode
 from data_pipeline.files import replacing
 from data_pipeline.ingest import ImageSet, fingerprint
+from search.metrics import single_image_times_ms
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -135,10 +137,6 @@ def test_predictions(model_file: Path, model_sha256: str, trial_number: int, tes
 
 # --- metrics ---------------------------------------------------------------
 
-def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if len(y_true) else float("nan")
-
-
 def bootstrap_ci(correct: np.ndarray, groups: np.ndarray | None = None, samples: int = BOOTSTRAP_SAMPLES,
                  seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of accuracy, resampling whole groups.
@@ -166,16 +164,6 @@ def bootstrap_ci(correct: np.ndarray, groups: np.ndarray | None = None, samples:
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     return float(f1_score(y_true, y_pred, labels=list(range(num_classes)), average="macro", zero_division=0))
-
-
-def per_class(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> list[dict]:
-    p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=list(range(len(classes))), zero_division=0)
-    return [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(n[i])}
-            for i, c in enumerate(classes)]
-
-
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    return confusion_matrix(y_true, y_pred, labels=list(range(num_classes)))
 
 
 @dataclass
@@ -218,12 +206,6 @@ def measure_latency(model: keras.Model, repetitions: int = 20, warmup: int = 3, 
     size = input_size(model)
     image = np.random.default_rng(seed).integers(0, 256, size=(1, size, size, 3)).astype("float32")
     with keras.device("cpu:0"):
-        for _ in range(warmup):
-            model.predict_on_batch(image)
-        times = []
-        for _ in range(repetitions):
-            start = time.perf_counter()
-            model.predict_on_batch(image)
-            times.append((time.perf_counter() - start) * 1000)
+        times = single_image_times_ms(model, image, repetitions, warmup)
     p25, median, p75 = np.percentile(times, [25, 50, 75])
     return Latency(float(median), float(p25), float(p75), repetitions)

@@ -25,22 +25,6 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2.5, 1.1 * len(classes) + 2))
-    shown = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    ax.imshow(shown, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{matrix[i, j]}\n{shown[i, j]:.0%}", ha="center", va="center", fontsize=8,
-                    color="white" if shown[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    return _save(fig, path)
-
-
 def reliability(bins: list[dict], ece: float, path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
     centres = [(b["low"] + b["high"]) / 2 for b in bins]

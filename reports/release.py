@@ -38,6 +38,7 @@ from data_pipeline.errors import first_line
 from data_pipeline.files import write_atomic
 from reports import OUT_DIR, evaluate
 from reports.errors import ReportError
+from search import metrics as scoring  # the dashboard's scoring too
 from reports.study import (StudyView, check_data_unchanged, data_root, family_params, sha256_file, test_groups,
                            test_images)
 
@@ -169,9 +170,9 @@ def _test_metrics(view: StudyView, trial, model_file: Path, sha: str, model, rep
     calib = evaluate.calibration(pred.y_true, pred.probs)
     return {
         "split": "TEST", "images": int(len(pred.y_true)), "unusable_images": len(pred.skipped),
-        "accuracy": evaluate.accuracy(pred.y_true, pred.y_pred), "accuracy_ci95": [low, high],
+        "accuracy": scoring.accuracy(pred.y_true, pred.y_pred), "accuracy_ci95": [low, high],
         "macro_f1": evaluate.macro_f1(pred.y_true, pred.y_pred, len(view.classes)), "ece": calib.ece,
-        "per_class": evaluate.per_class(pred.y_true, pred.y_pred, view.classes),
+        "per_class": scoring.per_class(pred.y_true, pred.y_pred, view.classes),
         "test_fingerprint": pred.test_fingerprint, "predictions_file": str(pred.path),
         "bootstrap": {"samples": evaluate.BOOTSTRAP_SAMPLES, "seed": evaluate.BOOTSTRAP_SEED, "resampled": groups_note},
     }

@@ -29,6 +29,7 @@ from data_pipeline.errors import first_line
 from data_pipeline.files import write_atomic
 from reports import OUT_DIR, evaluate, figures
 from reports.errors import ReportError
+from search import metrics as scoring  # the dashboard's scoring too
 from reports.study import (StudyView, check_data_unchanged, data_root, family_params, load, sha256_file,
                            test_groups, test_images)
 
@@ -136,7 +137,7 @@ def evaluate_rows(view: StudyView, rows: list[ModelRow], test, groups: list[str]
         pred = evaluate.test_predictions(row.model_file, row.model_sha256, row.trial.number, test, root, view.classes,
                                          figures_dir, model=model, groups=groups)
         row.predictions = pred
-        row.test_accuracy = evaluate.accuracy(pred.y_true, pred.y_pred)
+        row.test_accuracy = scoring.accuracy(pred.y_true, pred.y_pred)
         row.test_ci = evaluate.bootstrap_ci(pred.correct, pred.groups)
         row.macro_f1 = evaluate.macro_f1(pred.y_true, pred.y_pred, len(view.classes))
         row.latency = evaluate.measure_latency(model, repetitions=reps)
@@ -270,15 +271,15 @@ def build_report(opts: ReportOptions) -> Report:
     best_details = None
     if best.predictions is not None:
         pred = best.predictions
-        matrix = evaluate.confusion(pred.y_true, pred.y_pred, len(classes))
+        matrix = scoring.confusion(pred.y_true, pred.y_pred, len(classes))
         calib = evaluate.calibration(pred.y_true, pred.probs)
-        figures.confusion_matrix(matrix, classes, figures_dir / "confusion-matrix.png",
-                                 f"TEST confusion matrix, trial {best.trial.number}")
+        scoring.confusion_png(matrix, classes, figures_dir / "confusion-matrix.png",
+                              f"TEST confusion matrix, trial {best.trial.number}")
         fig_name("confusion-matrix.png")
         figures.reliability(calib.bins, calib.ece, figures_dir / "reliability.png",
                             f"TEST reliability, trial {best.trial.number}")
         fig_name("reliability.png")
-        best_details = {"per_class": evaluate.per_class(pred.y_true, pred.y_pred, classes),
+        best_details = {"per_class": scoring.per_class(pred.y_true, pred.y_pred, classes),
                         "confusion": matrix.tolist(), "ece": calib.ece, "calibration_bins": calib.bins}
 
     # ---------------------------------------------------------------- text

@@ -40,7 +40,6 @@ import os
 import re
 import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -53,6 +52,7 @@ from optuna.trial import TrialState
 
 from data_pipeline.errors import first_line
 from search import artifacts
+from search import metrics as scoring
 from search.artifact_store import study_store
 from search.layout import dashboard_dir
 from search.data import SearchData
@@ -144,55 +144,21 @@ def annotate_study(study: optuna.Study) -> bool:
 
 # --- per-trial evaluation -----------------------------------------------------
 def class_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    """Per-class precision/recall/F1/support, macro F1, accuracy and the confusion matrix."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    labels = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+    """Per-class precision/recall/F1/support, macro F1, accuracy and the confusion matrix (`search.metrics`)."""
+    rows = scoring.per_class(y_true, y_pred, classes)
     return {
         "classes": list(classes),
-        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else math.nan,
-        "macro_f1": float(np.mean(f1)),
-        "per_class": {c: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
-                          "support": int(s)} for c, p, r, f, s in zip(classes, precision, recall, f1, support)},
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "accuracy": scoring.accuracy(y_true, y_pred),
+        "macro_f1": float(np.mean([row["f1"] for row in rows])),
+        "per_class": {row["class"]: {"precision": round(row["precision"], 4), "recall": round(row["recall"], 4),
+                                     "f1": round(row["f1"], 4), "support": row["support"]} for row in rows},
+        "confusion_matrix": scoring.confusion(y_true, y_pred, len(classes)).tolist(),
     }
-
-
-def confusion_png(matrix: list[list[int]], classes: list[str], title: str, path: Path) -> None:
-    """Row-normalised confusion matrix with counts, as a PNG (no pyplot: safe in any thread/backend)."""
-    from matplotlib.figure import Figure
-
-    counts = np.asarray(matrix, dtype=float)
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    n = len(classes)
-    fig = Figure(figsize=(1.2 + 0.9 * n, 1.0 + 0.8 * n), dpi=110, layout="constrained")
-    ax = fig.add_subplot()
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), classes, rotation=35, ha="right")
-    ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center",
-                    color="white" if rates[i, j] > 0.6 else "black", fontsize=8)
-    fig.savefig(path)
 
 
 def batch1_latency_ms(model, image: np.ndarray) -> float:
     """Median wall time of one single-image forward pass (after warm-up calls), in ms."""
-    x = image[None, ...]
-    for _ in range(LATENCY_WARMUP):  # the first calls compile the predict function
-        model.predict_on_batch(x)
-    times = []
-    for _ in range(LATENCY_CALLS):
-        start = time.perf_counter()
-        model.predict_on_batch(x)  # compiled, returns NumPy: what serving one image costs
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return statistics.median(scoring.single_image_times_ms(model, image, LATENCY_CALLS, LATENCY_WARMUP))
 
 
 def evaluate_model_file(path: Path, data: SearchData) -> tuple[dict, float]:
@@ -204,12 +170,12 @@ def evaluate_model_file(path: Path, data: SearchData) -> tuple[dict, float]:
         size = int(model.input_shape[1])
         _, _, x_val, y_val = data.arrays(size)
         probabilities = model.predict(x_val, batch_size=128, verbose=0)
-        metrics = class_metrics(np.asarray(y_val), np.argmax(probabilities, axis=1), list(data.classes))
+        scores = class_metrics(np.asarray(y_val), np.argmax(probabilities, axis=1), list(data.classes))
         latency = batch1_latency_ms(model, x_val[0])
     finally:
         del model
         keras.backend.clear_session()  # as the objective does after each trial: free the graph
-    return metrics, latency
+    return scores, latency
 
 
 # --- trial note ---------------------------------------------------------------
@@ -336,8 +302,8 @@ class TrialAnnotator:
         store = study_store(self.studies_dir, trial.study.study_name)
         with tempfile.TemporaryDirectory(prefix="hematune-annotate-") as tmp:
             png = Path(tmp) / "confusion-matrix-val.png"
-            confusion_png(metrics["confusion_matrix"], metrics["classes"],
-                          f"trial {trial.number} · group validation · acc {metrics['accuracy']:.3f}", png)
+            scoring.confusion_png(metrics["confusion_matrix"], metrics["classes"], png,
+                                  f"trial {trial.number} · group validation · acc {metrics['accuracy']:.3f}")
             report = Path(tmp) / "metrics-val.json"
             report.write_text(json.dumps({"trial": trial.number, "split": "group-validation", **metrics}, indent=1))
             for file in (png, report):
