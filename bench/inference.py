@@ -21,7 +21,7 @@ from bench.common import Paths, loadavg, spread
 from bench.settings import OVERHEAD_PARAMS, Settings
 from models.registry import build_model
 from reports import evaluate
-from search import artifacts
+from search import artifacts, keys
 
 
 def throughput(model: keras.Model, batch: int, reps: int, warmup: int = 2) -> dict:
@@ -57,7 +57,7 @@ def family_bests(url: str, studies_dir: Path, only: str | None = None) -> dict[s
             continue
         study = optuna.load_study(study_name=name, storage=url)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            family = trial.user_attrs.get("family")
+            family = trial.user_attrs.get(keys.FAMILY)
             path = artifacts.model_path(studies_dir, name, trial.number)
             if family and trial.value is not None and path.is_file() and \
                     trial.value > best.get(family, {}).get("val_accuracy", -1):

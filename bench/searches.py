@@ -14,7 +14,7 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from bench.common import Paths, Stopwatch, best_so_far, quiet_console
-from search import artifacts
+from search import artifacts, keys
 from search.progress import TerminalReporter
 from search.runner import SearchConfig, run_search
 
@@ -34,10 +34,10 @@ def hematune_search(root: Path, paths: Paths, study: str, *, image_size: int, ma
     for t in study_obj.get_trials(deepcopy=False):
         end = (t.datetime_complete - started).total_seconds() if t.datetime_complete else None
         trials_out.append({"number": t.number, "state": t.state.name, "value": t.value,
-                           "epochs": t.user_attrs.get("epochs_trained", 0),
+                           "epochs": t.user_attrs.get(keys.EPOCHS_TRAINED, 0),
                            "seconds": t.duration.total_seconds() if t.duration else None, "end_s": end,
-                           "val_per_epoch": t.user_attrs.get("val_accuracy_per_epoch", []),
-                           "not_learning": "not learning" in (t.user_attrs.get("prune_reason") or "")})
+                           "val_per_epoch": t.user_attrs.get(keys.VAL_ACCURACY_PER_EPOCH, []),
+                           "not_learning": "not learning" in (t.user_attrs.get(keys.PRUNE_REASON) or "")})
         if t.state == TrialState.COMPLETE and t.value is not None:
             points.append((end, t.value))
     completed = [t for t in study_obj.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
@@ -51,9 +51,9 @@ def hematune_search(root: Path, paths: Paths, study: str, *, image_size: int, ma
         "n_not_learning": sum(t["not_learning"] for t in trials_out),
         "n_failed": sum(t["state"] == "FAIL" for t in trials_out),
         "best_value": best.value if best else None, "best_trial": best.number if best else None,
-        "best_epochs": best.user_attrs.get("epochs_trained") if best else None,
+        "best_epochs": best.user_attrs.get(keys.EPOCHS_TRAINED) if best else None,
         "model_file": str(model_file) if model_file and model_file.is_file() else None,
-        "split_rule": study_obj.user_attrs.get("split_rule"),
-        "train_images": sum((study_obj.user_attrs.get("train_counts") or {}).values()),
-        "val_images": sum((study_obj.user_attrs.get("val_counts") or {}).values()),
+        "split_rule": study_obj.user_attrs.get(keys.SPLIT_RULE),
+        "train_images": sum((study_obj.user_attrs.get(keys.TRAIN_COUNTS) or {}).values()),
+        "val_images": sum((study_obj.user_attrs.get(keys.VAL_COUNTS) or {}).values()),
     }

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bench.common import Paths, loadavg, spread
 from bench.settings import FULL, QUICK, THROUGHPUT_CPU_PARAMS, THROUGHPUT_GPU_PARAMS, Settings
+from search import keys
 
 # Issue 10's goals for "augmentation stays compiled": an epoch with aug_strength=0.5 takes at most this many
 # times the epoch without. The CPU goal is set for JAX (XLA); TensorFlow's ratio is shown without a goal.
@@ -103,13 +104,13 @@ def measure(settings: Settings, root: Path, work: Path) -> dict:
         first = clock.ends[0] - clock.started
         steady = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
         median = spread(steady)["median"]
-        val = trial.user_attrs.get("val_accuracy_per_epoch", [])
+        val = trial.user_attrs.get(keys.VAL_ACCURACY_PER_EPOCH, [])
         out["arms"].append({
-            **spec, "precision_run": trial.user_attrs.get("precision", spec["precision"]), "state": trial.state.name,
+            **spec, "precision_run": trial.user_attrs.get(keys.PRECISION, spec["precision"]), "state": trial.state.name,
             "first_epoch_s": first, "steady_epochs_s": steady, "steady_epoch_s": spread(steady),
             "images_per_s": out["train_images"] / median if median else None,
             "val_accuracy_per_epoch": val, "best_val_accuracy": max(val) if val else None,
-            "param_count": trial.user_attrs.get("param_count"), "loadavg_before": load,
+            "param_count": trial.user_attrs.get(keys.PARAM_COUNT), "loadavg_before": load,
         })
     return out
 

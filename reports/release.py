@@ -38,9 +38,17 @@ from data_pipeline.errors import first_line
 from data_pipeline.files import write_atomic
 from reports import OUT_DIR, evaluate
 from reports.errors import ReportError
+from reports.study import (
+    StudyView,
+    check_data_unchanged,
+    data_root,
+    family_params,
+    sha256_file,
+    test_groups,
+    test_images,
+)
+from search import keys
 from search import metrics as scoring  # the dashboard's scoring too
-from reports.study import (StudyView, check_data_unchanged, data_root, family_params, sha256_file, test_groups,
-                           test_images)
 
 MODEL, LABELS, PREPROCESSING, METRICS, CARD, SUMS = ("model.keras", "labels.json", "preprocessing.json",
                                                     "metrics.json", "MODEL_CARD.md", "SHA256SUMS")
@@ -180,7 +188,7 @@ def _test_metrics(view: StudyView, trial, model_file: Path, sha: str, model, rep
 
 def _model_card(name: str, version: str, metrics: dict, view: StudyView) -> str:
     val, test = metrics["validation"], metrics["test"]
-    dataset = Path(view.attrs.get("data_root", "data")).name
+    dataset = Path(view.attrs.get(keys.DATA_ROOT, "data")).name
     front = {
         "library_name": "keras",
         "pipeline_tag": "image-classification",
@@ -287,11 +295,11 @@ def promote(view: StudyView, trial_ref: str | int = "best", name: str | None = N
         "release": name, "study": view.name, "storage": view.storage_url, "trial": trial.number, "family": family,
         "selected_by": "best group-validation accuracy" if str(trial_ref) == "best" else f"TRIAL={trial_ref} (by hand)",
         "params": params, "labels": view.classes, "param_count": ua.get("param_count"), "model_sha256": sha,
-        "data_fingerprint": attrs.get("data_fingerprint"),
-        "data": {"root": attrs.get("data_root"), "split_rule": attrs.get("split_rule"),
-                 "split_hash": attrs.get("split_hash"), "train_images": sum((attrs.get("train_counts") or {}).values())},
+        "data_fingerprint": attrs.get(keys.DATA_FINGERPRINT),
+        "data": {"root": attrs.get(keys.DATA_ROOT), "split_rule": attrs.get(keys.SPLIT_RULE),
+                 "split_hash": attrs.get(keys.SPLIT_HASH), "train_images": sum((attrs.get(keys.TRAIN_COUNTS) or {}).values())},
         "validation": {"split": "group-validation", "accuracy": float(trial.value),
-                       "images": sum((attrs.get("val_counts") or {}).values()), "loss": ua.get("best_val_loss")},
+                       "images": sum((attrs.get(keys.VAL_COUNTS) or {}).values()), "loss": ua.get("best_val_loss")},
         "test": _test_metrics(view, trial, source, sha, model, reports_dir, data),
         "training": {k: ua.get(k) for k in ("seed", "epochs_trained", "best_epoch", "wall_seconds", "backend",
                                             "device", "weights_origin", "versions")},

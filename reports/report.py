@@ -29,9 +29,18 @@ from data_pipeline.errors import first_line
 from data_pipeline.files import write_atomic
 from reports import OUT_DIR, evaluate, figures
 from reports.errors import ReportError
+from reports.study import (
+    StudyView,
+    check_data_unchanged,
+    data_root,
+    family_params,
+    load,
+    sha256_file,
+    test_groups,
+    test_images,
+)
+from search import keys
 from search import metrics as scoring  # the dashboard's scoring too
-from reports.study import (StudyView, check_data_unchanged, data_root, family_params, load, sha256_file,
-                           test_groups, test_images)
 
 GAP_WARNING_POINTS = 3.0
 
@@ -83,13 +92,13 @@ def pct(x: float | None) -> str:
 
 
 def train_seconds(trial: FrozenTrial) -> float | None:
-    if trial.user_attrs.get("wall_seconds") is not None:
-        return float(trial.user_attrs["wall_seconds"])
+    if trial.user_attrs.get(keys.WALL_SECONDS) is not None:
+        return float(trial.user_attrs[keys.WALL_SECONDS])
     return trial.duration.total_seconds() if trial.duration else None
 
 
 def _family(trial: FrozenTrial) -> str:
-    return str(trial.user_attrs.get("family") or trial.params.get("family") or "?")
+    return str(trial.user_attrs.get(keys.FAMILY) or trial.params.get("family") or "?")
 
 
 def reported_trials(view: StudyView, top_k: int) -> list[FrozenTrial]:
@@ -166,7 +175,7 @@ def pareto_points(view: StudyView, rows: list[ModelRow], reps: int, limit: int) 
             row.latency, row.latency_rebuilt = latency, rebuilt
         points.append({"trial": trial.number, "family": _family(trial), "val_accuracy": float(trial.value),
                        "latency_ms": latency.median_ms, "latency_p25_ms": latency.p25_ms,
-                       "latency_p75_ms": latency.p75_ms, "param_count": trial.user_attrs.get("param_count"),
+                       "latency_p75_ms": latency.p75_ms, "param_count": trial.user_attrs.get(keys.PARAM_COUNT),
                        "rebuilt": rebuilt})
     return points, max(0, len(completed) - limit)
 
@@ -391,7 +400,7 @@ def build_report(opts: ReportOptions) -> Report:
         lines.append("No completed trial could be timed.")
 
     versions = package_versions()
-    trial_versions = best_trial.user_attrs.get("versions") or {}
+    trial_versions = best_trial.user_attrs.get(keys.VERSIONS) or {}
     lines += ["", "## Reproducibility", "",
               f"- hematune git commit: `{git_commit() or 'unknown'}`",
               f"- data fingerprint `{attrs.get('data_fingerprint')}`, split hash `{attrs.get('split_hash')}`, "
@@ -417,7 +426,7 @@ def build_report(opts: ReportOptions) -> Report:
         "study": view.name, "best_trial": best_trial.number, "states": {s.name: n for s, n in states.items()},
         "rows": [{"trial": r.trial.number, "family": r.family, "val_accuracy": r.val_accuracy,
                   "test_accuracy": r.test_accuracy, "test_ci": r.test_ci, "macro_f1": r.macro_f1,
-                  "param_count": r.trial.user_attrs.get("param_count"), "train_seconds": train_seconds(r.trial),
+                  "param_count": r.trial.user_attrs.get(keys.PARAM_COUNT), "train_seconds": train_seconds(r.trial),
                   "latency_ms": r.latency.median_ms if r.latency else None,
                   "predictions": str(r.predictions.path) if r.predictions else None,
                   "model_sha256": r.model_sha256} for r in rows],

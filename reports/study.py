@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from data_pipeline import DataError
 from data_pipeline.ingest import ImageSet, fingerprint, fingerprint_change, scan
 from reports.errors import ReportError
+from search import keys
 from search.layout import model_path
 
 
@@ -42,7 +43,7 @@ class StudyView:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.attrs.get("classes") or [])
+        return list(self.attrs.get(keys.CLASSES) or [])
 
     def trials(self, *states: TrialState) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states or None)
@@ -107,7 +108,7 @@ def load(study_name: str | None, storage: str | None = None, studies_dir: Path =
 
 
 def data_root(view: StudyView, override: str | os.PathLike | None = None) -> Path:
-    root = Path(override or view.attrs.get("data_root") or "")
+    root = Path(override or view.attrs.get(keys.DATA_ROOT) or "")
     if not str(root) or not root.is_dir():
         raise ReportError(f"DATA={root}: the study's data folder is not there; pass --data with its new place")
     return root
@@ -119,8 +120,8 @@ def check_data_unchanged(view: StudyView, root: Path) -> None:
         index = scan(root, read_test=False)
     except DataError as exc:
         raise ReportError(str(exc)) from None
-    then = view.attrs.get("data_fingerprint")
-    changed = then and fingerprint_change(then, view.attrs.get("data_fingerprint_rule"), index.train, index.root,
+    then = view.attrs.get(keys.DATA_FINGERPRINT)
+    changed = then and fingerprint_change(then, view.attrs.get(keys.DATA_FINGERPRINT_RULE), index.train, index.root,
                                           fingerprint(index.train, index.root))
     if changed:
         raise ReportError(f"DATA={root}: changed since study {view.name} ran ({changed}); "
@@ -130,7 +131,7 @@ def check_data_unchanged(view: StudyView, root: Path) -> None:
 def test_images(view: StudyView, root: Path) -> ImageSet:
     """The study's TEST part: the TEST folder, or the flat layout's held-out files."""
     classes = view.classes
-    if view.attrs.get("layout") == "train_test":
+    if view.attrs.get(keys.LAYOUT) == "train_test":
         try:
             index = scan(root, read_test=True)
         except DataError as exc:
@@ -138,11 +139,11 @@ def test_images(view: StudyView, root: Path) -> ImageSet:
         if list(index.classes) != classes:
             raise ReportError(f"DATA={root}: classes {list(index.classes)} differ from the study's {classes}")
         return index.test
-    manifest_path = Path(view.attrs.get("split_manifest") or "")
+    manifest_path = Path(view.attrs.get(keys.SPLIT_MANIFEST) or "")
     if not manifest_path.is_file():
         raise ReportError(f"{manifest_path}: the study's split manifest is missing; it lists the flat layout's TEST files")
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("hash") != view.attrs.get("split_hash"):
+    if manifest.get("hash") != view.attrs.get(keys.SPLIT_HASH):
         raise ReportError(f"{manifest_path}: does not match the study's split (hash {manifest.get('hash')} ≠ "
                           f"{view.attrs.get('split_hash')})")
     files, labels = [], []
@@ -168,14 +169,14 @@ def test_groups(view: StudyView, test: ImageSet, root: Path) -> tuple[list[str],
     from data_pipeline.ingest import DataIndex
     from data_pipeline.split import resolve_groups
 
-    described = str(view.attrs.get("split_rule") or "none")
+    described = str(view.attrs.get(keys.SPLIT_RULE) or "none")
     if described.startswith("filename:"):
         rule = described.removesuffix(" (auto)")
     elif described.startswith("csv:"):
         rule = described
     else:
         return [str(f) for f in test.files], "each file its own group (the study used no grouping rule)"
-    index = DataIndex(root, view.attrs.get("layout", "flat"), tuple(view.classes), test, None)
+    index = DataIndex(root, view.attrs.get(keys.LAYOUT, "flat"), tuple(view.classes), test, None)
     try:
         groups = list(resolve_groups(rule, index, test).groups)
     except DataError as exc:
@@ -197,8 +198,8 @@ def family_params(view: StudyView, trial: FrozenTrial) -> tuple[str, dict]:
     Mirrors `search.space.SearchSpace.suggest`: fixed entries of the space are
     not Optuna parameters, so they come from the study's recorded space.
     """
-    space = view.attrs.get("space") or {}
-    family = trial.user_attrs.get("family") or trial.params.get("family") or space.get("model")
+    space = view.attrs.get(keys.SPACE) or {}
+    family = trial.user_attrs.get(keys.FAMILY) or trial.params.get("family") or space.get("model")
     prefix = f"{family}." if space.get("model") == "all" else ""
     section = (space.get("families") or {}).get(family, {})
     params: dict = {}
@@ -207,6 +208,6 @@ def family_params(view: StudyView, trial: FrozenTrial) -> tuple[str, dict]:
             params[name] = spec
         elif prefix + name in trial.params:
             params[name] = trial.params[prefix + name]
-    if "max_epochs" in params and trial.user_attrs.get("max_epochs"):
-        params["max_epochs"] = trial.user_attrs["max_epochs"]  # MAX_EPOCHS= overrides the space's cap
+    if "max_epochs" in params and trial.user_attrs.get(keys.MAX_EPOCHS):
+        params["max_epochs"] = trial.user_attrs[keys.MAX_EPOCHS]  # MAX_EPOCHS= overrides the space's cap
     return family, params

@@ -51,11 +51,11 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
 from data_pipeline.errors import first_line
-from search import artifacts
+from search import artifacts, keys
 from search import metrics as scoring
 from search.artifact_store import study_store
-from search.layout import dashboard_dir
 from search.data import SearchData
+from search.layout import dashboard_dir
 
 ARTIFACTS_ATTR_PREFIX = "artifacts:"  # optuna.artifacts' metadata key (study/trial system attribute)
 MODEL_ARTIFACT = re.compile(r"^trial-(\d+)\.keras$")
@@ -85,8 +85,8 @@ def _counts_row(counts: dict | None, classes: list) -> str:
 
 def study_note(attrs: dict) -> str:
     """The study's Markdown note from the user attributes `search.runner.open_study` records."""
-    classes = list(attrs.get("classes", []))
-    test_counts = attrs.get("test_counts")
+    classes = list(attrs.get(keys.CLASSES, []))
+    test_counts = attrs.get(keys.TEST_COUNTS)
     lines = [
         "## Data",
         f"- folder `{attrs.get('data_root', '?')}` (layout `{attrs.get('layout', '?')}`), "
@@ -95,8 +95,8 @@ def study_note(attrs: dict) -> str:
         "",
         "| part | " + " | ".join(classes) + " |",
         "|---|" + "---|" * len(classes),
-        "| train | " + _counts_row(attrs.get("train_counts"), classes) + " |",
-        "| group validation | " + _counts_row(attrs.get("val_counts"), classes) + " |",
+        "| train | " + _counts_row(attrs.get(keys.TRAIN_COUNTS), classes) + " |",
+        "| group validation | " + _counts_row(attrs.get(keys.VAL_COUNTS), classes) + " |",
     ]
     if test_counts is not None:
         lines.append("| test | " + _counts_row(test_counts, classes) + " |")
@@ -116,7 +116,7 @@ def study_note(attrs: dict) -> str:
         "- trial value: best-epoch accuracy on the group-validation set; intermediate values: "
         "validation accuracy per epoch.",
     ]
-    for family, section in (attrs.get("space") or {}).get("families", {}).items():
+    for family, section in (attrs.get(keys.SPACE) or {}).get("families", {}).items():
         lines += ["", f"### Space: `{family}`", "", "| parameter | range |", "|---|---|"]
         for part in ("training", "model"):
             for name, spec in (section.get(part) or {}).items():
@@ -199,26 +199,26 @@ def _curve_summary(accs: list, losses: list, best_epoch: int | None) -> list[str
 def trial_note(number: int, state: str, value: float | None, attrs: dict, params: dict,
                metrics: dict | None, model_file: str | None, keep_top: int) -> str:
     """The trial's Markdown note."""
-    family = attrs.get("family", "?")
+    family = attrs.get(keys.FAMILY, "?")
     head = f"## Trial {number} · `{family}` · {state}"
     facts = []
     if value is not None:
         facts.append(f"group-validation accuracy **{value:.4f}**")
-    if attrs.get("best_epoch") is not None:
+    if attrs.get(keys.BEST_EPOCH) is not None:
         facts.append(f"best epoch {attrs['best_epoch'] + 1} of {attrs.get('epochs_trained', '?')} trained "
                      f"(cap {attrs.get('max_epochs', '?')})")
-    if attrs.get("wall_seconds") is not None:
+    if attrs.get(keys.WALL_SECONDS) is not None:
         facts.append(f"{attrs['wall_seconds']:.0f} s")
     lines = [head, "", " · ".join(facts) if facts else ""]
-    reason = attrs.get("prune_reason") or attrs.get("fail_reason") or attrs.get("stopped_by")
+    reason = attrs.get(keys.PRUNE_REASON) or attrs.get(keys.FAIL_REASON) or attrs.get(keys.STOPPED_BY)
     if reason:
         lines += ["", f"> {reason}"]
     lines += ["", f"weights `{attrs.get('weights_origin', '?')}` · {attrs.get('param_count', '?')} parameters · "
               f"device `{attrs.get('device', '?')}` · backend `{attrs.get('backend', '?')}`"]
-    if attrs.get("latency_ms_batch1") is not None:
+    if attrs.get(keys.LATENCY_MS_BATCH1) is not None:
         lines[-1] += f" · batch-1 latency **{attrs['latency_ms_batch1']:.1f} ms** (median, on that device)"
-    lines += ["", "### Curve", *_curve_summary(attrs.get("val_accuracy_per_epoch", []),
-                                               attrs.get("val_loss_per_epoch", []), attrs.get("best_epoch"))]
+    lines += ["", "### Curve", *_curve_summary(attrs.get(keys.VAL_ACCURACY_PER_EPOCH, []),
+                                               attrs.get(keys.VAL_LOSS_PER_EPOCH, []), attrs.get(keys.BEST_EPOCH))]
     if metrics is not None:
         lines += ["", f"### Per class (group validation, best epoch) · macro F1 {metrics['macro_f1']:.4f}", "",
                   "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
@@ -274,7 +274,7 @@ class TrialAnnotator:
     def _record_error(self, trial: optuna.Trial, exc: Exception, what: str) -> None:
         message = f"{what}: {type(exc).__name__}: {first_line(str(exc))}"[:300]
         try:
-            trial.set_user_attr("annotation_error", message)
+            trial.set_user_attr(keys.ANNOTATION_ERROR, message)
         except Exception:
             pass
         self.warn(f"trial {trial.number}: dashboard annotation incomplete ({message})")
@@ -297,8 +297,8 @@ class TrialAnnotator:
     def evaluate(self, trial: optuna.Trial, path: Path) -> dict:
         """Validation metrics and latency of the trial's saved model, as user attributes and trial artifacts."""
         metrics, latency = evaluate_model_file(path, self.data)
-        trial.set_user_attr("val_macro_f1", round(metrics["macro_f1"], 5))
-        trial.set_user_attr("latency_ms_batch1", round(latency, 3))
+        trial.set_user_attr(keys.VAL_MACRO_F1, round(metrics["macro_f1"], 5))
+        trial.set_user_attr(keys.LATENCY_MS_BATCH1, round(latency, 3))
         store = study_store(self.studies_dir, trial.study.study_name)
         with tempfile.TemporaryDirectory(prefix="hematune-annotate-") as tmp:
             png = Path(tmp) / "confusion-matrix-val.png"

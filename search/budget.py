@@ -20,15 +20,16 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.keys import EPOCH_END_SECONDS, EPOCHS_TRAINED
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-EPOCH_END_SECONDS = "epoch_end_seconds"  # user attribute: seconds from the trial's start to each epoch's end
 
 
 def seconds_to_epoch(trial: FrozenTrial, epochs: int) -> float | None:
     """How long ``trial`` took (or would have taken) to finish ``epochs`` epochs; None without a record."""
     ends = trial.user_attrs.get(EPOCH_END_SECONDS)
     if not ends:
-        trained = trial.user_attrs.get("epochs_trained")  # a trial from before epoch times were recorded
+        trained = trial.user_attrs.get(EPOCHS_TRAINED)  # a trial from before epoch times were recorded
         if not trained or trial.duration is None:
             return None
         return trial.duration.total_seconds() * epochs / trained

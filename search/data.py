@@ -18,6 +18,7 @@ from data_pipeline.cache import load_or_decode
 from data_pipeline.files import write_atomic
 from data_pipeline.ingest import FINGERPRINT_RULE, DataIndex, fingerprint, scan
 from data_pipeline.split import Split, make_split
+from search import keys
 
 
 @dataclass
@@ -67,18 +68,18 @@ class SearchData:
         """What the study records about its data."""
         counts = lambda images: {c: int(sum(1 for l in images.labels if l == i)) for i, c in enumerate(self.classes)}
         return {
-            "data_root": str(self.index.root),
-            "layout": self.index.layout,
-            "classes": list(self.classes),
-            "data_fingerprint": self.fingerprint,
-            "data_fingerprint_rule": FINGERPRINT_RULE,  # studies without it were fingerprinted by file times
-            "split_rule": self.split.rule,
-            "split_seed": self.split.seed,
-            "val_fraction": self.split.val_fraction,
-            "train_counts": counts(self.split.train),
-            "val_counts": counts(self.split.val),
-            "test_counts": counts(self.split.test) if self.split.test is not None else None,
-            "skipped_non_images": len(self.index.skipped),
+            keys.DATA_ROOT: str(self.index.root),
+            keys.LAYOUT: self.index.layout,
+            keys.CLASSES: list(self.classes),
+            keys.DATA_FINGERPRINT: self.fingerprint,
+            keys.DATA_FINGERPRINT_RULE: FINGERPRINT_RULE,  # studies without it were fingerprinted by file times
+            keys.SPLIT_RULE: self.split.rule,
+            keys.SPLIT_SEED: self.split.seed,
+            keys.VAL_FRACTION: self.split.val_fraction,
+            keys.TRAIN_COUNTS: counts(self.split.train),
+            keys.VAL_COUNTS: counts(self.split.val),
+            keys.TEST_COUNTS: counts(self.split.test) if self.split.test is not None else None,
+            keys.SKIPPED_NON_IMAGES: len(self.index.skipped),
         }
 
 

@@ -21,8 +21,7 @@ import optuna
 from data_pipeline.errors import first_line
 from models.common import unfreeze_top
 from models.registry import build_model
-from search import artifacts
-from search.budget import EPOCH_END_SECONDS
+from search import artifacts, keys
 from search.callbacks import EpochReporter, InterruptCheck
 from search.data import SearchData
 from search.environment import device_description, package_versions
@@ -84,21 +83,21 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
     keras.utils.set_random_seed(seed)
     num_classes = len(ctx.data.classes)
 
-    trial.set_user_attr("family", family)
-    trial.set_user_attr("seed", seed)
-    trial.set_user_attr("max_epochs", max_epochs)
-    trial.set_user_attr("backend", keras.backend.backend())
-    trial.set_user_attr("device", device_description())
-    trial.set_user_attr("precision", ctx.precision)
-    trial.set_user_attr("data_fingerprint", ctx.data.fingerprint)
-    trial.set_user_attr("split_rule", ctx.data.split.rule)
-    trial.set_user_attr("versions", package_versions())
+    trial.set_user_attr(keys.FAMILY, family)
+    trial.set_user_attr(keys.SEED, seed)
+    trial.set_user_attr(keys.MAX_EPOCHS, max_epochs)
+    trial.set_user_attr(keys.BACKEND, keras.backend.backend())
+    trial.set_user_attr(keys.DEVICE, device_description())
+    trial.set_user_attr(keys.PRECISION, ctx.precision)
+    trial.set_user_attr(keys.DATA_FINGERPRINT, ctx.data.fingerprint)
+    trial.set_user_attr(keys.SPLIT_RULE, ctx.data.split.rule)
+    trial.set_user_attr(keys.VERSIONS, package_versions())
 
     x_train, y_train, x_val, y_val = ctx.data.arrays(image_size)
     built = build_model(family, params, num_classes=num_classes, image_size=image_size, weights=ctx.weights, seed=seed)
     model = built.model
-    trial.set_user_attr("weights_origin", built.weights_origin)
-    trial.set_user_attr("param_count", int(model.count_params()))
+    trial.set_user_attr(keys.WEIGHTS_ORIGIN, built.weights_origin)
+    trial.set_user_attr(keys.PARAM_COUNT, int(model.count_params()))
     if ctx.reporter:
         ctx.reporter.trial_started(trial, family, params, max_epochs)
 
@@ -114,7 +113,7 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
         if first >= end:
             continue
         if fraction is not None:
-            trial.set_user_attr("unfrozen_layers", unfreeze_top(built.backbone, fraction))
+            trial.set_user_attr(keys.UNFROZEN_LAYERS, unfreeze_top(built.backbone, fraction))
         compile_trial_model(model, params, learning_rate=lr)
         model.fit(x_train, y_train_1h, batch_size=batch_size, epochs=end, initial_epoch=first,
                   validation_data=(x_val, y_val_1h), validation_batch_size=max(batch_size, 128),
@@ -123,16 +122,16 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
             break
 
     history = reporter.history
-    trial.set_user_attr("val_accuracy_per_epoch", [round(h["val_accuracy"], 5) for h in history])
-    trial.set_user_attr("val_loss_per_epoch", [round(h["val_loss"], 5) for h in history])
-    trial.set_user_attr("epochs_trained", len(history))
-    trial.set_user_attr("wall_seconds", round(time.monotonic() - started, 2))
-    trial.set_user_attr(EPOCH_END_SECONDS, [h["seconds"] for h in history])  # what the TIMEOUT budget estimates from
+    trial.set_user_attr(keys.VAL_ACCURACY_PER_EPOCH, [round(h["val_accuracy"], 5) for h in history])
+    trial.set_user_attr(keys.VAL_LOSS_PER_EPOCH, [round(h["val_loss"], 5) for h in history])
+    trial.set_user_attr(keys.EPOCHS_TRAINED, len(history))
+    trial.set_user_attr(keys.WALL_SECONDS, round(time.monotonic() - started, 2))
+    trial.set_user_attr(keys.EPOCH_END_SECONDS, [h["seconds"] for h in history])  # what the TIMEOUT budget estimates from
     if reporter.best_epoch is not None:
         best = history[[h["epoch"] for h in history].index(reporter.best_epoch)]
-        trial.set_user_attr("best_epoch", reporter.best_epoch)
-        trial.set_user_attr("best_val_accuracy", round(best["val_accuracy"], 5))
-        trial.set_user_attr("best_val_loss", round(best["val_loss"], 5))
+        trial.set_user_attr(keys.BEST_EPOCH, reporter.best_epoch)
+        trial.set_user_attr(keys.BEST_VAL_ACCURACY, round(best["val_accuracy"], 5))
+        trial.set_user_attr(keys.BEST_VAL_LOSS, round(best["val_loss"], 5))
 
     if reporter.stop_reason == "nan":
         raise TrialFailed(f"loss became NaN at epoch {len(history)} (learning rate {params['learning_rate']:.2g} too high?)")
@@ -140,21 +139,21 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
         why = ("behind other trials at the same epoch" if reporter.stop_reason == "pruned" else
                f"not learning: training accuracy at the commonest-class rate ({ctx.data.chance_level():.3f})")
         reason = f"pruned at epoch {len(history)}: val_accuracy {history[-1]['val_accuracy']:.3f}, {why}"
-        trial.set_user_attr("prune_reason", reason)
+        trial.set_user_attr(keys.PRUNE_REASON, reason)
         raise optuna.TrialPruned(reason)
     if reporter.stop_reason == "deadline" and len(history) < max_epochs:
         # a one-epoch score is no finished trial: recorded as one, TPE would learn from it and the closing
         # table would list it beside complete ones (search/budget.py starts no trial that would end so early)
         reason = f"stopped by the TIMEOUT budget after epoch {len(history)}"
-        trial.set_user_attr("stopped_by", reason)
-        trial.set_user_attr("prune_reason", reason)
+        trial.set_user_attr(keys.STOPPED_BY, reason)
+        trial.set_user_attr(keys.PRUNE_REASON, reason)
         raise optuna.TrialPruned(reason)
     if not math.isfinite(reporter.best_value):
         raise TrialFailed("no epoch finished with a finite loss")
 
     reporter.restore_best()
     saved = artifacts.save_if_top(trial.study, ctx.studies_dir, trial.number, reporter.best_value, model, ctx.keep_top)
-    trial.set_user_attr("model_saved", saved is not None)
+    trial.set_user_attr(keys.MODEL_SAVED, saved is not None)
     return reporter.best_value
 
 
@@ -168,9 +167,9 @@ def objective(ctx: SearchContext):
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {first_line(str(exc))}"[:500]
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(keys.FAIL_REASON, reason)
             # the one line above is what a person scans; the whole traceback is what a maintainer debugs with
-            trial.set_user_attr("fail_traceback", traceback.format_exc()[-MAX_TRACEBACK:])
+            trial.set_user_attr(keys.FAIL_TRACEBACK, traceback.format_exc()[-MAX_TRACEBACK:])
             if ctx.reporter:
                 ctx.reporter.trial_failed(trial, reason)
             raise

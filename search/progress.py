@@ -11,6 +11,7 @@ import optuna
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from search import keys
 from search.callbacks import BatchProgress
 
 
@@ -80,8 +81,8 @@ class TerminalReporter:
             if "stopped_by" in trial.user_attrs:
                 detail += f" ({trial.user_attrs['stopped_by']})"
         elif trial.state == optuna.trial.TrialState.PRUNED:
-            detail = trial.user_attrs.get("prune_reason", "pruned")
+            detail = trial.user_attrs.get(keys.PRUNE_REASON, "pruned")
         else:
-            detail = trial.user_attrs.get("fail_reason", "")
+            detail = trial.user_attrs.get(keys.FAIL_REASON, "")
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         self.console.print(f"  → trial {trial.number} {state}: {detail} ({seconds:.0f}s) · {self.best_so_far()}")

@@ -9,9 +9,9 @@ with another space is refused rather than silently mixing the two.
 from __future__ import annotations
 
 import logging
-import warnings
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from rich.markup import escape
 
 from data_pipeline.ingest import fingerprint_change
+from search import keys, preflight
 from search.annotate import TrialAnnotator, annotate_study
 from search.budget import BudgetGuard
 from search.data import SearchData, prepare, write_manifest
@@ -29,7 +30,6 @@ from search.errors import SearchConfigError
 from search.layout import split_manifest_path
 from search.objective import SearchContext, objective
 from search.precision import check_precision, resolve_precision
-from search import preflight
 from search.progress import TerminalReporter
 from search.pruning import PRUNERS, first_rung, make_pruner
 from search.space import SearchSpace, load_space
@@ -113,16 +113,16 @@ def _max_epochs(config: SearchConfig, space: SearchSpace) -> int:
 
 def _check_resume(study: optuna.Study, data: SearchData, space: SearchSpace) -> None:
     attrs = study.user_attrs
-    if not attrs.get("space_fingerprint"):
+    if not attrs.get(keys.SPACE_FINGERPRINT):
         return
-    changed = fingerprint_change(attrs["data_fingerprint"], attrs.get("data_fingerprint_rule"), data.index.train,
+    changed = fingerprint_change(attrs[keys.DATA_FINGERPRINT], attrs.get(keys.DATA_FINGERPRINT_RULE), data.index.train,
                                  data.index.root, data.fingerprint)
     if changed:
         raise SearchConfigError(f"STUDY={study.study_name}: was created on other data ({changed}); "
                                 "use a new STUDY name for this data")
-    if attrs["space_fingerprint"] != space.fingerprint:
+    if attrs[keys.SPACE_FINGERPRINT] != space.fingerprint:
         raise SearchConfigError(f"STUDY={study.study_name}: {space.change_from(attrs.get('space'))}")
-    if attrs.get("split_rule") != data.split.rule:
+    if attrs.get(keys.SPLIT_RULE) != data.split.rule:
         raise SearchConfigError(f"STUDY={study.study_name}: was created with GROUPS rule {attrs.get('split_rule')}; "
                                 "use the same GROUPS or a new STUDY name")
 
@@ -135,22 +135,22 @@ def open_study(config: SearchConfig, storage: RDBStorage, data: SearchData, spac
     study = optuna.create_study(study_name=config.study_name(), storage=storage, direction="maximize",
                                 sampler=sampler, pruner=make_pruner(config.pruner, max_epochs), load_if_exists=True)
     _check_resume(study, data, space)
-    if not study.user_attrs.get("space_fingerprint"):
+    if not study.user_attrs.get(keys.SPACE_FINGERPRINT):
         manifest_path = split_manifest_path(config.studies_dir, study.study_name)
         manifest = write_manifest(data, manifest_path)
         for key, value in {
             **data.summary(),
-            "model": config.model,
-            "space": space.as_dict(),
-            "space_fingerprint": space.fingerprint,
-            "split_hash": manifest["hash"],
-            "split_manifest": str(manifest_path),
-            "pruner": config.pruner,
-            "seed": config.seed,
-            "weights_policy": config.weights or "family default (imagenet for backbones)",
+            keys.MODEL: config.model,
+            keys.SPACE: space.as_dict(),
+            keys.SPACE_FINGERPRINT: space.fingerprint,
+            keys.SPLIT_HASH: manifest["hash"],
+            keys.SPLIT_MANIFEST: str(manifest_path),
+            keys.PRUNER: config.pruner,
+            keys.SEED: config.seed,
+            keys.WEIGHTS_POLICY: config.weights or "family default (imagenet for backbones)",
             # what `hematune worker` needs to join with only STUDY and STORAGE (search/workers.py)
-            "worker_settings": config.to_record(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            keys.WORKER_SETTINGS: config.to_record(),
+            keys.CREATED: time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }.items():
             study.set_user_attr(key, value)
     return study
@@ -174,7 +174,7 @@ class _StopAfterFailures:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.FAIL:
             self.streak += 1
-            self.last_reason = trial.user_attrs.get("fail_reason", "")
+            self.last_reason = trial.user_attrs.get(keys.FAIL_REASON, "")
             if self.streak >= self.limit:
                 study.stop()
         else:
@@ -265,6 +265,6 @@ def run_search(config: SearchConfig, reporter: TerminalReporter | None = None, c
     if budget and budget.stopped:
         reporter.line(budget.stopped)
     if data.problems:
-        study.set_user_attr("skipped_images", dict(list(data.problems.items())[:200]))
+        study.set_user_attr(keys.SKIPPED_IMAGES, dict(list(data.problems.items())[:200]))
     stopped = failures.last_reason if failures.streak >= failures.limit else None
     return SearchOutcome(study, stopped)

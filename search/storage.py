@@ -42,7 +42,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from data_pipeline.errors import first_line
-from search import interrupts  # Keras-free too
+from search import (
+    interrupts,  # Keras-free too
+    keys,
+)
 from search.errors import SearchConfigError  # Keras-free, like this module
 
 HEARTBEAT_S, GRACE_S = 20, 90
@@ -82,7 +85,7 @@ def queue_retry(study: optuna.Study, number: int, params: dict, distributions: d
         return False
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=params, distributions=distributions,
-        user_attrs={"retry_of": number, "retry_reason": reason, "retry_history": history},
+        user_attrs={keys.RETRY_OF: number, keys.RETRY_REASON: reason, keys.RETRY_HISTORY: history},
         system_attrs={"failed_trial": history[0], "retry_history": history},  # as Optuna's retry callback
     ))
     return True
@@ -97,9 +100,9 @@ def retry_when_interrupted(objective):
             return objective(trial)
         except KeyboardInterrupt:
             requeued = queue_retry(trial.study, trial.number, trial.params, trial.distributions,
-                                   list(trial.user_attrs.get("retry_history", [])),
+                                   list(trial.user_attrs.get(keys.RETRY_HISTORY, [])),
                                    f"trial {trial.number} was interrupted (Ctrl-C or SIGINT)")
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGINT)" + (
+            trial.set_user_attr(keys.FAIL_REASON, "interrupted (Ctrl-C or SIGINT)" + (
                 "; its parameters run again first when the study resumes" if requeued else ""))
             raise
     return _objective
@@ -113,7 +116,7 @@ class RetryLostTrial:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         queue_retry(study, trial.number, trial.params, trial.distributions,
-                    list(trial.system_attrs.get("retry_history", [])),
+                    list(trial.system_attrs.get(keys.RETRY_HISTORY, [])),
                     f"trial {trial.number}'s worker sent no heartbeat for {self.grace_s}s (killed or lost)",
                     self.max_retry)
 

@@ -8,6 +8,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
+from search import keys
 from search.layout import model_path
 
 
@@ -26,8 +27,8 @@ def print_summary(study: optuna.Study, studies_dir: Path, console: Console) -> N
     table = Table("trial", "family", "group-val acc", "best epoch", "params", "seconds", "model file")
     for t in complete[:5]:
         path = model_path(studies_dir, study.study_name, t.number)
-        table.add_row(str(t.number), t.user_attrs.get("family", "?"), f"{t.value:.4f}",
-                      str(t.user_attrs.get("best_epoch", 0) + 1), f"{t.user_attrs.get('param_count', 0):,}",
+        table.add_row(str(t.number), t.user_attrs.get(keys.FAMILY, "?"), f"{t.value:.4f}",
+                      str(t.user_attrs.get(keys.BEST_EPOCH, 0) + 1), f"{t.user_attrs.get('param_count', 0):,}",
                       f"{t.duration.total_seconds():.0f}" if t.duration else "", str(path) if path.exists() else "—")
     console.print(table)
     best = complete[0]

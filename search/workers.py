@@ -36,7 +36,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from search import interrupts
+from search import interrupts, keys
 from search.environment import visible_gpus
 from search.errors import SearchConfigError
 
@@ -65,12 +65,12 @@ def joined_config(study_name: str, storage_url: str, studies_dir: Path, data: st
         raise SearchConfigError(f"STUDY={study_name}: no such study in {storage_url}; create it first with "
                                 "`make search STUDY=… STORAGE=…` (any number of workers can join it then)") from None
     attrs = study.user_attrs
-    settings, space = attrs.get("worker_settings"), attrs.get("space")
+    settings, space = attrs.get(keys.WORKER_SETTINGS), attrs.get(keys.SPACE)
     if not settings or not space:
         raise SearchConfigError(f"STUDY={study_name}: the study does not record its settings (created by an older "
                                 "hematune); run `make search` with its original settings instead")
     config = SearchConfig.from_record(
-        settings, data=data or attrs["data_root"], study=study_name, storage=storage_url,
+        settings, data=data or attrs[keys.DATA_ROOT], study=study_name, storage=storage_url,
         studies_dir=Path(studies_dir), trials=trials, timeout=timeout,
         sampler_seed=int.from_bytes(os.urandom(4), "little"),  # workers must not propose the same trials
         **({"precision": precision} if precision else {}),  # else the study's; auto is resolved on each device
@@ -113,8 +113,8 @@ def create_or_check_study(config):
     """What ``run_search`` does before its first trial: validate, create or resume-check the study."""
     import optuna
 
-    from search.data import prepare
     from search import preflight
+    from search.data import prepare
     from search.runner import _max_epochs, check_config, open_study
     from search.space import load_space
     from search.storage import open_storage

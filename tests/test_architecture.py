@@ -1,7 +1,8 @@
 """The dependency rules of docs/architecture.md, checked on the source.
 
-Every import counts, the ones inside functions too: a lazy import is still a
-dependency, only a cheaper one. The packages form layers — each may import
+Every import that can run counts, the ones inside functions too: a lazy
+import is still a dependency, only a cheaper one (imports under
+``if TYPE_CHECKING:`` never run and are left out). The packages form layers — each may import
 those below it and never one above — no module cycle hides inside a package,
 and the CLI (`search/cli.py`) is the one leaf that wires them all: nothing
 imports it but `search/__main__.py`, which only runs it (``python -m search``).
@@ -24,13 +25,27 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those under ``if TYPE_CHECKING:``: an import there is for annotations only and
+    never runs, so it cannot take part in an import cycle."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+            else:
+                stack.append(child)
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module → the project modules it imports (anywhere in the file)."""
     modules = {_module_name(p): p for layer in LAYERS for p in (ROOT / layer).rglob("*.py")}
     graph = {}
     for name, path in modules.items():
         targets = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 for alias in node.names:  # `from search import artifacts` imports the module search.artifacts
                     sub = f"{node.module}.{alias.name}"
