@@ -49,7 +49,7 @@ help:
 	@echo "make export STUDY=… [TRIAL=best|N]         best model → exports/<study>/model.keras + labels, preprocessing"
 	@echo "make promote STUDY=… [TRIAL=] [NAME=] [CHAMPION=1]  versioned release → releases/<name>/v<N>/"
 	@echo "make serve [NAME=…|RELEASE=releases/<name>/vN] [PORT=8000] [HOST=…] [TOKEN=…]  upload page + JSON API on 127.0.0.1"
-	@echo "make test                                   run the test suite"
+	@echo "make test                                   ruff check, then the test suite"
 	@echo "make bench [QUICK=1]                        benchmarks side by side → reports/bench.md (≤ 60 min; QUICK: minutes)"
 	@echo "make augment-preview [DATA=…]               augmented cells at strengths 0–1 → docs/augmentation.png (check by eye)"
 
@@ -98,7 +98,9 @@ serve: $(STAMP)
 		$(if $(strip $(RELEASE)),,$(call opt,--name,$(NAME))) $(call opt,--host,$(HOST)) \
 		--port $(if $(filter command line environment,$(origin PORT)),$(PORT),8000)
 
+# lint first (ruff, configured in pyproject.toml): a style or import slip fails in seconds, not after the suite
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # benchmarks are measurements, not tests: no timing is asserted anywhere (bench/)

@@ -53,8 +53,9 @@ def _report_name(quick: bool, backend: str, device: str) -> str:
 
 
 def _meta(args, backend: str) -> dict:
-    from search.environment import device_description, git_commit, package_versions
     from importlib import metadata
+
+    from search.environment import device_description, git_commit, package_versions
 
     versions = dict(package_versions())
     for extra in ("keras-tuner", "matplotlib"):

@@ -34,7 +34,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.files)
 
-    def subset(self, indices) -> "ImageSet":
+    def subset(self, indices) -> ImageSet:
         return ImageSet(tuple(self.files[i] for i in indices), tuple(self.labels[i] for i in indices))
 
 

@@ -8,8 +8,8 @@ is driven by the trainer through ``BuiltModel.backbone``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from models.common import BuiltModel, ModelConfigError, assemble, load_application, resolve_weights
 

@@ -41,8 +41,8 @@ import re
 import statistics
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import optuna

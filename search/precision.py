@@ -19,8 +19,8 @@ CLI can validate the setting cheaply.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from search.errors import SearchConfigError
 

@@ -86,7 +86,7 @@ class SearchSpace:
                 "explicit": self.explicit}
 
     @classmethod
-    def from_dict(cls, stored: dict) -> "SearchSpace":
+    def from_dict(cls, stored: dict) -> SearchSpace:
         """The space a study stored with ``as_dict`` (older studies stored only model and families)."""
         return cls(stored["model"], stored["families"], stored.get("profile"), stored.get("source"),
                    bool(stored.get("explicit")))

@@ -28,9 +28,9 @@ from optuna_dashboard import get_note, save_note
 from search import artifacts
 from search.annotate import TrialAnnotator, annotate_study, study_artifacts, sync_model_artifacts
 from search.artifact_store import AtomicFileSystemArtifactStore, StudiesArtifactStore
-from search.layout import dashboard_dir
 from search.cli import main
 from search.dashboard import open_storage_for_dashboard
+from search.layout import dashboard_dir
 from search.runner import SearchConfig, run_search
 from tests.conftest import make_class_folder
 

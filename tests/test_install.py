@@ -13,10 +13,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.worker_tools import REPO, tiny_dataset
 

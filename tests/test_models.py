@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from data_pipeline.augment import build_augmentation
+from models.common import caffe_preprocessing, unfreeze_top, without_augmentation
 from models.errors import ModelConfigError
 from models.registry import build_model
-from models.common import caffe_preprocessing, unfreeze_top, without_augmentation
 
 SMALL = {
     "cnn": {"blocks": 2, "base_width": 8, "dense_units": 16},

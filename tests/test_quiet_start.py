@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from search.environment import TF_START_UP_NOISE, _stderr_filtered
-from tests.worker_tools import REPO, TINY, tiny_dataset
+from tests.worker_tools import TINY, tiny_dataset
 
 # what TensorFlow 2.18+ prints while it loads, before any log level is read (two of each)
 START_UP_LINES = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on")

@@ -3,8 +3,8 @@ import optuna
 import pytest
 
 from models.registry import FAMILIES
-from search.errors import SearchConfigError
 from search import preflight
+from search.errors import SearchConfigError
 from search.space import PROFILE_DIRS, SPACES_DIR, load_family_space, load_space, parse_fixed, profile_for
 
 
