@@ -100,7 +100,7 @@ def measure(settings: Settings, root: Path, work: Path) -> dict:
         trial = outcome.study.trials[-1]
         if clock.started is None or not clock.ends:
             raise RuntimeError(f"{spec['arm']}: the trial trained no epoch ({trial.state.name}: "
-                               f"{trial.user_attrs.get('fail_reason', '')})")
+                               f"{trial.user_attrs.get(keys.FAIL_REASON, '')})")
         first = clock.ends[0] - clock.started
         steady = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
         median = spread(steady)["median"]

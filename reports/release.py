@@ -241,7 +241,7 @@ Input: one cell crop per image, RGB, as in the training data (see `preprocessing
 
 ## Data
 
-- Data set: `{view.attrs.get('data_root')}` (fingerprint `{metrics['data_fingerprint']}`, {view.attrs.get('layout')} layout).
+- Data set: `{view.attrs.get(keys.DATA_ROOT)}` (fingerprint `{metrics['data_fingerprint']}`, {view.attrs.get(keys.LAYOUT)} layout).
 - Split: {metrics['data']['split_rule']} (split hash `{metrics['data']['split_hash']}`); validation groups never
   overlap training groups. TEST was not used for any choice.
 

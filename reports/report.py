@@ -298,21 +298,21 @@ def build_report(opts: ReportOptions) -> Report:
                  + (f"**The study is still running or was interrupted ({running} trial(s) running):** this report "
                     "describes the trials finished so far." if running else "No trial is running."))
     lines += ["", "## Summary", ""]
-    lines.append(f"- **Data**: `{root}` ({attrs.get('layout')} layout), {len(classes)} classes: {', '.join(classes)}; "
-                 f"fingerprint `{attrs.get('data_fingerprint')}`")
-    lines.append(f"- **Images**: train {_counts_line(attrs.get('train_counts'))}; "
-                 f"group-validation {_counts_line(attrs.get('val_counts'))}; "
+    lines.append(f"- **Data**: `{root}` ({attrs.get(keys.LAYOUT)} layout), {len(classes)} classes: {', '.join(classes)}; "
+                 f"fingerprint `{attrs.get(keys.DATA_FINGERPRINT)}`")
+    lines.append(f"- **Images**: train {_counts_line(attrs.get(keys.TRAIN_COUNTS))}; "
+                 f"group-validation {_counts_line(attrs.get(keys.VAL_COUNTS))}; "
                  f"TEST {len(test)} files" + (f", {len(best.predictions.skipped)} unusable" if best.predictions and
                                               best.predictions.skipped else ""))
-    lines.append(f"- **Split rule**: {attrs.get('split_rule')} · seed {attrs.get('split_seed')} · "
-                 f"validation fraction {attrs.get('val_fraction')} · split hash `{attrs.get('split_hash')}`")
-    lines.append(f"- **Search**: model `{attrs.get('model')}`, pruner {attrs.get('pruner')}, "
+    lines.append(f"- **Split rule**: {attrs.get(keys.SPLIT_RULE)} · seed {attrs.get(keys.SPLIT_SEED)} · "
+                 f"validation fraction {attrs.get(keys.VAL_FRACTION)} · split hash `{attrs.get(keys.SPLIT_HASH)}`")
+    lines.append(f"- **Search**: model `{attrs.get(keys.MODEL)}`, pruner {attrs.get(keys.PRUNER)}, "
                  f"budget spent {spent_seconds(view.study) / 60:.1f} min of trial time")
     lines.append(f"- **Trials**: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
                  f"{states[TrialState.FAIL]} failed, {running} running"
                  + (f", {states[TrialState.WAITING]} queued" if states[TrialState.WAITING] else ""))
     lines.append(f"- **Best trial**: {best_trial.number} ({best.family}), group-validation accuracy "
-                 f"{pct(best.val_accuracy)} % at epoch {best_trial.user_attrs.get('best_epoch', 0) + 1}")
+                 f"{pct(best.val_accuracy)} % at epoch {best_trial.user_attrs.get(keys.BEST_EPOCH, 0) + 1}")
     lines.append(f"- **Best parameters** (searched and fixed): {_fmt_params(family_params(view, best_trial)[1])}")
 
     lines += ["", "## Comparison", "",
@@ -334,7 +334,7 @@ def build_report(opts: ReportOptions) -> Report:
         seconds = train_seconds(r.trial)
         marker = " ★" if r.trial.number == best_trial.number else ""
         lines.append(f"| {r.trial.number}{marker} | {r.family} | {pct(r.val_accuracy)} | {test_cell} | {f1_cell} | "
-                     f"{r.trial.user_attrs.get('param_count', 0):,} | {_latency_text(r.latency, r.latency_rebuilt)} | "
+                     f"{r.trial.user_attrs.get(keys.PARAM_COUNT, 0):,} | {_latency_text(r.latency, r.latency_rebuilt)} | "
                      f"{'—' if seconds is None else f'{seconds:.0f}'} |")
     lines.append("")
     lines.append("★ selected model (best group-validation accuracy)." + (
@@ -363,7 +363,7 @@ def build_report(opts: ReportOptions) -> Report:
             lines.append("")
             lines.append(f"> **Warning:** the gap exceeds {GAP_WARNING_POINTS:.0f} points. The validation score "
                          "overstates what this model does on new source cells — check the grouping rule "
-                         f"({attrs.get('split_rule')}), and expect the TEST number, not the validation one.")
+                         f"({attrs.get(keys.SPLIT_RULE)}), and expect the TEST number, not the validation one.")
         lines.append("")
         lines.append(f"Model file `{best.model_file}` (sha256 `{best.model_sha256[:16]}…`); TEST predictions "
                      f"`{pred.path}`.")
@@ -403,17 +403,17 @@ def build_report(opts: ReportOptions) -> Report:
     trial_versions = best_trial.user_attrs.get(keys.VERSIONS) or {}
     lines += ["", "## Reproducibility", "",
               f"- hematune git commit: `{git_commit() or 'unknown'}`",
-              f"- data fingerprint `{attrs.get('data_fingerprint')}`, split hash `{attrs.get('split_hash')}`, "
+              f"- data fingerprint `{attrs.get(keys.DATA_FINGERPRINT)}`, split hash `{attrs.get(keys.SPLIT_HASH)}`, "
               f"TEST fingerprint `{best.predictions.test_fingerprint if best.predictions else '—'}`",
-              f"- study seed {attrs.get('seed')}; best trial seed {best_trial.user_attrs.get('seed')}",
-              f"- training: backend {best_trial.user_attrs.get('backend')}, device {best_trial.user_attrs.get('device')}, "
+              f"- study seed {attrs.get(keys.SEED)}; best trial seed {best_trial.user_attrs.get(keys.SEED)}",
+              f"- training: backend {best_trial.user_attrs.get(keys.BACKEND)}, device {best_trial.user_attrs.get(keys.DEVICE)}, "
               + ", ".join(f"{k} {v}" for k, v in trial_versions.items()),
               f"- this report: backend {keras.backend.backend()}, device {device_description()}, "
               + ", ".join(f"{k} {v}" for k, v in versions.items())]
 
     evaluated = [r for r in rows if r.predictions is not None]
     lines += ["", "## About TEST", "",
-              f"TEST ({len(test)} files, {'the data set’s TEST folder' if attrs.get('layout') == 'train_test' else 'the files the split manifest set aside'}) "
+              f"TEST ({len(test)} files, {'the data set’s TEST folder' if attrs.get(keys.LAYOUT) == 'train_test' else 'the files the split manifest set aside'}) "
               "was never read by the search: models were selected on group-validation accuracy alone. TEST was "
               f"evaluated only for this report, once per reported model file ({len(evaluated)} model(s): trials "
               f"{', '.join(str(r.trial.number) for r in evaluated) or 'none'}); the predictions are saved beside "

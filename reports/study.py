@@ -145,7 +145,7 @@ def test_images(view: StudyView, root: Path) -> ImageSet:
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("hash") != view.attrs.get(keys.SPLIT_HASH):
         raise ReportError(f"{manifest_path}: does not match the study's split (hash {manifest.get('hash')} ≠ "
-                          f"{view.attrs.get('split_hash')})")
+                          f"{view.attrs.get(keys.SPLIT_HASH)})")
     files, labels = [], []
     for rel in manifest.get("test") or []:
         cls = Path(rel).parts[0]

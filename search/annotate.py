@@ -89,8 +89,8 @@ def study_note(attrs: dict) -> str:
     test_counts = attrs.get(keys.TEST_COUNTS)
     lines = [
         "## Data",
-        f"- folder `{attrs.get('data_root', '?')}` (layout `{attrs.get('layout', '?')}`), "
-        f"fingerprint `{attrs.get('data_fingerprint', '?')}`",
+        f"- folder `{attrs.get(keys.DATA_ROOT, '?')}` (layout `{attrs.get(keys.LAYOUT, '?')}`), "
+        f"fingerprint `{attrs.get(keys.DATA_FINGERPRINT, '?')}`",
         f"- {len(classes)} classes: " + ", ".join(f"`{c}`" for c in classes),
         "",
         "| part | " + " | ".join(classes) + " |",
@@ -103,16 +103,16 @@ def study_note(attrs: dict) -> str:
     lines += [
         "",
         "## Split",
-        f"- rule `{attrs.get('split_rule', '?')}`: images of one source group never sit on both sides; "
-        f"{float(attrs.get('val_fraction', 0)):.0%} of the training groups are held out for validation "
-        f"(seed {attrs.get('split_seed', '?')}).",
+        f"- rule `{attrs.get(keys.SPLIT_RULE, '?')}`: images of one source group never sit on both sides; "
+        f"{float(attrs.get(keys.VAL_FRACTION, 0)):.0%} of the training groups are held out for validation "
+        f"(seed {attrs.get(keys.SPLIT_SEED, '?')}).",
         "- test: " + ("the data set's own `TEST/` folder" if test_counts is None else "held-out groups") +
         " — read only by the report, never during the search.",
-        f"- manifest `{attrs.get('split_manifest', '?')}` (hash `{attrs.get('split_hash', '?')}`)",
+        f"- manifest `{attrs.get(keys.SPLIT_MANIFEST, '?')}` (hash `{attrs.get(keys.SPLIT_HASH, '?')}`)",
         "",
         "## Search",
-        f"- model `{attrs.get('model', '?')}` · pruner `{attrs.get('pruner', '?')}` · seed {attrs.get('seed', '?')} · "
-        f"weights: {attrs.get('weights_policy', '?')}",
+        f"- model `{attrs.get(keys.MODEL, '?')}` · pruner `{attrs.get(keys.PRUNER, '?')}` · seed {attrs.get(keys.SEED, '?')} · "
+        f"weights: {attrs.get(keys.WEIGHTS_POLICY, '?')}",
         "- trial value: best-epoch accuracy on the group-validation set; intermediate values: "
         "validation accuracy per epoch.",
     ]
@@ -123,7 +123,7 @@ def study_note(attrs: dict) -> str:
                 text = (f"cap {spec} epochs per trial (MAX_EPOCHS= overrides)" if name == "max_epochs"
                         else _spec_text(spec))
                 lines.append(f"| `{name}` | {text} |")
-    lines += ["", f"_Written by hematune when the study was created ({attrs.get('created', '?')}); "
+    lines += ["", f"_Written by hematune when the study was created ({attrs.get(keys.CREATED, '?')}); "
               "edit freely — hematune never overwrites an existing note._"]
     return "\n".join(lines)
 
@@ -205,18 +205,18 @@ def trial_note(number: int, state: str, value: float | None, attrs: dict, params
     if value is not None:
         facts.append(f"group-validation accuracy **{value:.4f}**")
     if attrs.get(keys.BEST_EPOCH) is not None:
-        facts.append(f"best epoch {attrs['best_epoch'] + 1} of {attrs.get('epochs_trained', '?')} trained "
-                     f"(cap {attrs.get('max_epochs', '?')})")
+        facts.append(f"best epoch {attrs[keys.BEST_EPOCH] + 1} of {attrs.get(keys.EPOCHS_TRAINED, '?')} trained "
+                     f"(cap {attrs.get(keys.MAX_EPOCHS, '?')})")
     if attrs.get(keys.WALL_SECONDS) is not None:
-        facts.append(f"{attrs['wall_seconds']:.0f} s")
+        facts.append(f"{attrs[keys.WALL_SECONDS]:.0f} s")
     lines = [head, "", " · ".join(facts) if facts else ""]
     reason = attrs.get(keys.PRUNE_REASON) or attrs.get(keys.FAIL_REASON) or attrs.get(keys.STOPPED_BY)
     if reason:
         lines += ["", f"> {reason}"]
-    lines += ["", f"weights `{attrs.get('weights_origin', '?')}` · {attrs.get('param_count', '?')} parameters · "
-              f"device `{attrs.get('device', '?')}` · backend `{attrs.get('backend', '?')}`"]
+    lines += ["", f"weights `{attrs.get(keys.WEIGHTS_ORIGIN, '?')}` · {attrs.get(keys.PARAM_COUNT, '?')} parameters · "
+              f"device `{attrs.get(keys.DEVICE, '?')}` · backend `{attrs.get(keys.BACKEND, '?')}`"]
     if attrs.get(keys.LATENCY_MS_BATCH1) is not None:
-        lines[-1] += f" · batch-1 latency **{attrs['latency_ms_batch1']:.1f} ms** (median, on that device)"
+        lines[-1] += f" · batch-1 latency **{attrs[keys.LATENCY_MS_BATCH1]:.1f} ms** (median, on that device)"
     lines += ["", "### Curve", *_curve_summary(attrs.get(keys.VAL_ACCURACY_PER_EPOCH, []),
                                                attrs.get(keys.VAL_LOSS_PER_EPOCH, []), attrs.get(keys.BEST_EPOCH))]
     if metrics is not None:

@@ -46,7 +46,7 @@ class TerminalReporter:
             best = self.study.best_trial
         except ValueError:
             return "no completed trial yet"
-        return f"best so far {best.value:.4f} (trial {best.number}, {best.user_attrs.get('family', '?')})"
+        return f"best so far {best.value:.4f} (trial {best.number}, {best.user_attrs.get(keys.FAMILY, '?')})"
 
     # --- trial level -----------------------------------------------------
     def trial_started(self, trial: optuna.Trial, family: str, params: dict, max_epochs: int) -> None:
@@ -77,9 +77,9 @@ class TerminalReporter:
         """Optuna callback, called after each trial is stored."""
         state = trial.state.name.lower()
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            detail = f"val_acc {trial.value:.4f} at epoch {trial.user_attrs.get('best_epoch', 0) + 1}"
+            detail = f"val_acc {trial.value:.4f} at epoch {trial.user_attrs.get(keys.BEST_EPOCH, 0) + 1}"
             if "stopped_by" in trial.user_attrs:
-                detail += f" ({trial.user_attrs['stopped_by']})"
+                detail += f" ({trial.user_attrs[keys.STOPPED_BY]})"
         elif trial.state == optuna.trial.TrialState.PRUNED:
             detail = trial.user_attrs.get(keys.PRUNE_REASON, "pruned")
         else:

@@ -121,9 +121,9 @@ def _check_resume(study: optuna.Study, data: SearchData, space: SearchSpace) -> 
         raise SearchConfigError(f"STUDY={study.study_name}: was created on other data ({changed}); "
                                 "use a new STUDY name for this data")
     if attrs[keys.SPACE_FINGERPRINT] != space.fingerprint:
-        raise SearchConfigError(f"STUDY={study.study_name}: {space.change_from(attrs.get('space'))}")
+        raise SearchConfigError(f"STUDY={study.study_name}: {space.change_from(attrs.get(keys.SPACE))}")
     if attrs.get(keys.SPLIT_RULE) != data.split.rule:
-        raise SearchConfigError(f"STUDY={study.study_name}: was created with GROUPS rule {attrs.get('split_rule')}; "
+        raise SearchConfigError(f"STUDY={study.study_name}: was created with GROUPS rule {attrs.get(keys.SPLIT_RULE)}; "
                                 "use the same GROUPS or a new STUDY name")
 
 

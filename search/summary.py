@@ -28,7 +28,7 @@ def print_summary(study: optuna.Study, studies_dir: Path, console: Console) -> N
     for t in complete[:5]:
         path = model_path(studies_dir, study.study_name, t.number)
         table.add_row(str(t.number), t.user_attrs.get(keys.FAMILY, "?"), f"{t.value:.4f}",
-                      str(t.user_attrs.get(keys.BEST_EPOCH, 0) + 1), f"{t.user_attrs.get('param_count', 0):,}",
+                      str(t.user_attrs.get(keys.BEST_EPOCH, 0) + 1), f"{t.user_attrs.get(keys.PARAM_COUNT, 0):,}",
                       f"{t.duration.total_seconds():.0f}" if t.duration else "", str(path) if path.exists() else "—")
     console.print(table)
     best = complete[0]
