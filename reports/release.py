@@ -28,6 +28,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import keras
@@ -217,57 +218,25 @@ def _model_card(name: str, version: str, metrics: dict, view: StudyView) -> str:
                           for c in test["per_class"])
     params = "\n".join(f"  - `{k}`: {v}" for k, v in metrics["params"].items())
     low, high = test["accuracy_ci95"]
-    return f"""---
-{yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()}
----
+    training = metrics["training"]
+    return _template("model_card.md").format(
+        front_matter=yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), name=name, version=version,
+        family=metrics["family"], class_count=len(metrics["labels"]), labels=", ".join(metrics["labels"]),
+        study=metrics["study"], trial=metrics["trial"], train_images=metrics["data"]["train_images"],
+        test_ece=test["ece"], data_root=view.attrs.get(keys.DATA_ROOT), data_fingerprint=metrics["data_fingerprint"],
+        layout=view.attrs.get(keys.LAYOUT), split_rule=metrics["data"]["split_rule"],
+        split_hash=metrics["data"]["split_hash"], param_count=metrics["param_count"],
+        weights_origin=training.get("weights_origin"), epochs_trained=training.get("epochs_trained"),
+        best_epoch=(training.get("best_epoch") or 0) + 1, seed=training.get("seed"), backend=training.get("backend"),
+        device=training.get("device"), params=params, val_images=val["images"], val_accuracy=val["accuracy"],
+        test_images=test["images"], test_accuracy=test["accuracy"], low=low, high=high,
+        test_macro_f1=test["macro_f1"], per_class=per_class)
 
-# {name} {version}
 
-A {metrics['family']} white-blood-cell image classifier ({len(metrics['labels'])} classes: {', '.join(metrics['labels'])}),
-chosen by hematune's Optuna search (study `{metrics['study']}`, trial {metrics['trial']}).
-
-## Intended use
-
-Research and method development: comparing models and sorting white-blood-cell crops for later expert review.
-Input: one cell crop per image, RGB, as in the training data (see `preprocessing.json`).
-
-## Limitations
-
-- **Research use only. This is not a diagnostic device** and must not be used to make or support clinical decisions.
-- Trained on {metrics['data']['train_images']} images derived from a small number of source cells; accuracy on other
-  microscopes, stains, magnifications or labs is unknown until measured there.
-- Predicts only the classes above; any other cell type or artefact is forced into one of them.
-- Confidence is not a probability of being right: TEST expected calibration error {test['ece']:.3f}.
-
-## Data
-
-- Data set: `{view.attrs.get(keys.DATA_ROOT)}` (fingerprint `{metrics['data_fingerprint']}`, {view.attrs.get(keys.LAYOUT)} layout).
-- Split: {metrics['data']['split_rule']} (split hash `{metrics['data']['split_hash']}`); validation groups never
-  overlap training groups. TEST was not used for any choice.
-
-## Training
-
-- Family `{metrics['family']}`, {metrics['param_count']:,} parameters, weights: {metrics['training'].get('weights_origin')}.
-- {metrics['training'].get('epochs_trained')} epochs (best epoch {(metrics['training'].get('best_epoch') or 0) + 1}), seed {metrics['training'].get('seed')},
-  backend {metrics['training'].get('backend')} on {metrics['training'].get('device')}.
-- Parameters:
-{params}
-
-## Evaluation
-
-| split | images | accuracy | notes |
-|---|---:|---:|---|
-| group-validation | {val['images']} | {val['accuracy']:.4f} | used to select this trial |
-| TEST | {test['images']} | {test['accuracy']:.4f} | 95 % CI [{low:.4f}, {high:.4f}] (bootstrap over source cells), macro-F1 {test['macro_f1']:.4f} |
-
-Per class (TEST):
-
-| class | precision | recall | F1 | images |
-|---|---:|---:|---:|---:|
-{per_class}
-
-Check this release with `hematune verify releases/{name}/{version}`; every file is listed in `SHA256SUMS`.
-"""
+def _template(name: str) -> str:
+    """A text template shipped with the package (``reports/templates/``): prose a reader edits as Markdown,
+    with ``str.format`` fields for the numbers."""
+    return resources.files("reports").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 @dataclass
