@@ -112,4 +112,4 @@ bench: $(STAMP)
 # a PNG grid of real cells from DATA at every aug_strength: what training feeds the model
 .PHONY: augment-preview
 augment-preview: $(STAMP)
-	$(BIN)/python -m data_pipeline.preview --data "$(DATA)"
+	$(BIN)/hematune augment-preview --data "$(DATA)"

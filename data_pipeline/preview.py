@@ -5,22 +5,20 @@ and colour jitter; a picture can. Rows are strengths 0, 0.25, 0.5, 0.75 and
 1.0, columns a few draws of one cell per class from DATA's training part, each
 draw exactly what a training step would feed the model at that strength.
 
-    python -m data_pipeline.preview --data ../shared/data/blood-cells   (make augment-preview)
+    hematune augment-preview --data ../shared/data/blood-cells   (make augment-preview)
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from data_pipeline.cache import decode_image
-from data_pipeline.errors import DataError, first_line
+from data_pipeline.errors import DataError
+from data_pipeline.files import replacing
 from data_pipeline.ingest import scan
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-PROG = "python -m data_pipeline.preview"
 
 
 def sample_cells(data_root: str | Path, cells: int, size: int) -> tuple[np.ndarray, list[str]]:
@@ -66,35 +64,14 @@ def save_grid(grid: np.ndarray, names: list[str], draws: int, out: Path) -> None
                 ax.set_ylabel(f"strength {STRENGTHS[r]:g}", fontsize=8)
     fig.suptitle("hematune augmentation: each row a strength, each column one training-time draw", fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with replacing(out) as tmp:  # never leave a half-written picture behind
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(out)  # never leave a half-written picture behind
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/blood-cells", help="DATA folder (TRAIN/<class>/ or <class>/)")
-    parser.add_argument("--out", type=Path, default=Path("docs/augmentation.png"), help="PNG to write")
-    parser.add_argument("--size", type=int, default=96, help="image side in pixels, as a trial's image_size")
-    parser.add_argument("--cells", type=int, default=4, help="how many classes to show one cell of")
-    parser.add_argument("--draws", type=int, default=3, help="draws per cell and strength")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    for name in ("size", "cells", "draws"):
-        if getattr(args, name) < 1:
-            print(f"{PROG}: error: --{name}={getattr(args, name)}: must be at least 1", file=sys.stderr)
-            return 2
-    try:
-        cells, names = sample_cells(args.data, args.cells, args.size)
-    except (DataError, ValueError) as exc:
-        print(f"{PROG}: error: {first_line(exc)}", file=sys.stderr)
-        return 2
-    save_grid(augmented_grid(cells, args.draws, args.seed), names, args.draws, args.out)
-    print(f"wrote {args.out} ({len(STRENGTHS)} strengths × {len(names)} cells × {args.draws} draws, {args.size} px)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def write_preview(data_root: str | Path, out: Path, size: int = 96, cells: int = 4, draws: int = 3,
+                  seed: int = 0) -> str:
+    """Draw the grid into ``out``; the line that says what was written. Bad DATA is a `DataError`."""
+    picked, names = sample_cells(data_root, cells, size)
+    save_grid(augmented_grid(picked, draws, seed), names, draws, out)
+    return f"wrote {out} ({len(STRENGTHS)} strengths × {len(names)} cells × {draws} draws, {size} px)"

@@ -192,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=positive(int), default=64,
                        help="most images one model call takes from concurrent requests (default 64; "
                             "1 runs every request alone)")
+
+    preview = commands.add_parser(
+        "augment-preview", help="real cells at every aug_strength as one PNG grid, to check the augmentation by eye",
+        description="Draw one training image of each class at augmentation strengths 0 to 1, each draw exactly "
+                    "what a training step would feed the model.")
+    preview.add_argument("--data", default="../shared/data/blood-cells", help="DATA folder (TRAIN/<class>/ or <class>/)")
+    preview.add_argument("--out", type=Path, default=Path("docs/augmentation.png"), help="PNG to write")
+    preview.add_argument("--size", type=positive(int), default=96, help="image side in pixels, as a trial's image_size")
+    preview.add_argument("--cells", type=positive(int), default=4, help="how many classes to show one cell of")
+    preview.add_argument("--draws", type=positive(int), default=3, help="draws per cell and strength")
+    preview.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -301,9 +312,16 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_augment_preview(args) -> int:
+    from data_pipeline.preview import write_preview
+
+    print(write_preview(args.data, args.out, args.size, args.cells, args.draws, args.seed))
+    return 0
+
+
 COMMANDS = {"search": cmd_search, "worker": cmd_worker, "dashboard": cmd_dashboard, "report": cmd_report,
             "export": cmd_export, "promote": cmd_promote, "verify": cmd_verify, "predict": cmd_predict,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "augment-preview": cmd_augment_preview}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,19 +159,21 @@ def test_on_jax_the_model_stays_compiled_and_traces_augmentation_once():
 def test_preview_writes_a_grid_of_every_strength(make_dataset, tmp_path, capsys):
     from PIL import Image
 
-    from data_pipeline.preview import STRENGTHS, main
+    from data_pipeline.preview import STRENGTHS
+    from search.cli import main
 
     out = tmp_path / "grid.png"
-    assert main(["--data", str(make_dataset(classes=2)), "--out", str(out), "--size", "16", "--draws", "2"]) == 0
+    assert main(["augment-preview", "--data", str(make_dataset(classes=2)), "--out", str(out), "--size", "16",
+                 "--draws", "2"]) == 0
     with Image.open(out) as picture:
         assert picture.format == "PNG" and min(picture.size) > 200
     assert f"{len(STRENGTHS)} strengths × 2 cells × 2 draws" in capsys.readouterr().out
 
 
 def test_preview_refuses_a_missing_folder_in_one_line(tmp_path, capsys):
-    from data_pipeline.preview import main
+    from search.cli import main
 
-    assert main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "grid.png")]) == 2
+    assert main(["augment-preview", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "grid.png")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "does not exist" in error
     assert not (tmp_path / "grid.png").exists()
