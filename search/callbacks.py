@@ -59,10 +59,12 @@ class EpochReporter(keras.callbacks.Callback):
                 self.best_value, self.best_epoch = value, epoch
                 self.best_weights = self.model.get_weights()
             self.trial.report(value, step=epoch)
-            if self.trial.should_prune():
-                self.stop_reason = "pruned"
-            elif self.chance is not None and not_learning([h["accuracy"] for h in self.history], self.chance):
+            # not learning is decided first: should_prune() enters the trial's value at a rung, where a dead
+            # model's chance-level score would become the bar that learning models are judged against
+            if self.chance is not None and not_learning([h["accuracy"] for h in self.history], self.chance):
                 self.stop_reason = "not_learning"
+            elif self.trial.should_prune():
+                self.stop_reason = "pruned"
             elif self.deadline is not None and time.time() >= self.deadline:
                 self.stop_reason = "deadline"
         if self.on_epoch is not None:

@@ -63,7 +63,7 @@ def test_first_rung_is_where_the_pruner_first_prunes(pruner):
                 break
         else:
             study.tell(trial, 1.0 if number < 5 else 0.0)
-    assert earliest == first_rung(pruner, 12) == 2
+    assert earliest == first_rung(pruner, 12) == 3
     assert first_rung("none", 12) == 12 and first_rung(pruner, 1) == 1
 
 

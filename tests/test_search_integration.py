@@ -91,7 +91,11 @@ def test_reference_slice_search_stores_resumes_and_never_reads_test(reference_sl
 
 
 def test_a_run_built_to_prune_prunes(make_dataset, tmp_path):
-    """Two good trials, then hopeless ones (learning rate 1e-7): the median pruner stops them."""
+    """Two good trials, then hopeless ones (learning rate 1e-7): they are stopped at the first rung (epoch 3).
+
+    Whether the median rule or the not-learning stop takes them depends on their training accuracy; the
+    not-learning stop is judged first, so a dead model never sets a rung's bar (tests/test_pruning.py), and
+    Optuna's median rule alone is checked against the rung in tests/test_budget.py."""
     root = make_dataset(classes=3, groups=6, per_group=8)
     studies = tmp_path / "studies"
     storage = f"sqlite:///{studies / 'hematune.db'}"
@@ -111,8 +115,9 @@ def test_a_run_built_to_prune_prunes(make_dataset, tmp_path):
     assert pruned, f"no trial was pruned: {[(t.params['learning_rate'], t.intermediate_values) for t in study.trials]}"
     for trial in pruned:
         assert trial.params["learning_rate"] == 1e-7
-        assert trial.user_attrs["epochs_trained"] < 4 and "pruned at epoch" in trial.user_attrs["prune_reason"]
-    assert any("behind other trials" in t.user_attrs["prune_reason"] for t in pruned)  # the median rule fired
+        assert trial.user_attrs["epochs_trained"] == 3 and "pruned at epoch 3" in trial.user_attrs["prune_reason"]
+        assert ("behind other trials" in trial.user_attrs["prune_reason"]
+                or "not learning" in trial.user_attrs["prune_reason"])
 
 
 def test_mobilenet_fine_tuning_with_offline_imagenet_weights(reference_slice, tmp_path, offline_mobilenet_weights):
