@@ -21,7 +21,9 @@ from bench.common import Paths, loadavg, spread
 from bench.settings import OVERHEAD_PARAMS, Settings
 from models.registry import build_model
 from reports import evaluate
-from search import artifacts, keys
+from search import keys
+from search.layout import model_path
+from search.storage import default_storage
 
 
 def throughput(model: keras.Model, batch: int, reps: int, warmup: int = 2) -> dict:
@@ -58,7 +60,7 @@ def family_bests(url: str, studies_dir: Path, only: str | None = None) -> dict[s
         study = optuna.load_study(study_name=name, storage=url)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             family = trial.user_attrs.get(keys.FAMILY)
-            path = artifacts.model_path(studies_dir, name, trial.number)
+            path = model_path(studies_dir, name, trial.number)
             if family and trial.value is not None and path.is_file() and \
                     trial.value > best.get(family, {}).get("val_accuracy", -1):
                 best[family] = {"study": name, "trial": trial.number, "val_accuracy": trial.value,
@@ -77,7 +79,7 @@ def run(settings: Settings, paths: Paths, promoted: dict | None) -> dict:
         keras.backend.clear_session()
     # the user's studies; the bench's own studies only for its stand-in default search (section 4), never
     # its subsample or leaky-split studies, whose validation numbers are not comparable
-    bests = family_bests(f"sqlite:///{Path('studies') / 'hematune.db'}", Path("studies"))
+    bests = family_bests(default_storage("studies"), Path("studies"))
     for family, row in family_bests(paths.storage, paths.studies, only="default-cpu").items():
         bests.setdefault(family, row)
     for family in settings.families:

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from data_pipeline.errors import first_line  # noqa: E402
 from data_pipeline.files import write_atomic  # noqa: E402
 
 COLORS = {"hematune": "#1f77b4", "kt-hyperband": "#d62728", "kt-bayesian": "#2ca02c", "kt-random": "#7f7f7f"}
@@ -59,7 +60,7 @@ def _failed(section) -> str | None:
     if section is None:
         return "Not run in this invocation."
     if "error" in section:
-        first = section["error"].splitlines()[0] if section["error"] else "error"
+        first = first_line(section["error"]) or "error"
         return f"**This section failed:** `{first[:300]}` (traceback in results.json)."
     return None
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from bench.common import Paths, Stopwatch, best_so_far, quiet_console
-from search import artifacts, keys
+from search import keys
+from search.layout import model_path
 from search.progress import TerminalReporter
 from search.runner import SearchConfig, run_search
 
@@ -42,7 +43,7 @@ def hematune_search(root: Path, paths: Paths, study: str, *, image_size: int, ma
             points.append((end, t.value))
     completed = [t for t in study_obj.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     best = max(completed, key=lambda t: (t.value, -t.number)) if completed else None
-    model_file = artifacts.model_path(paths.studies, study, best.number) if best else None
+    model_file = model_path(paths.studies, study, best.number) if best else None
     return {
         "study": study, "wall_s": wall.seconds, "trials": trials_out, "curve": best_so_far(points),
         "epochs": sum(t["epochs"] for t in trials_out),

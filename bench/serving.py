@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import REFERENCE, loadavg, spread
+from data_pipeline.errors import first_line
 
 ROOT = Path(__file__).resolve().parent.parent
 HEMATUNE = Path(sys.executable).parent / "hematune"
@@ -165,7 +166,7 @@ def find_release(given: str | None, quick: bool) -> tuple[Path, str]:
             return base, f"the default study `{DEFAULT_STUDY}` (studies/hematune.db), best trial {best.number}, " \
                          f"promoted into .bench/serving/releases"
         except Exception as exc:  # noqa: BLE001 - fall back to the stand-in, and say why
-            print(f"bench.serving: no usable default study ({str(exc).splitlines()[0][:160]}); "
+            print(f"bench.serving: no usable default study ({first_line(exc, 160)}); "
                   "using a stand-in", flush=True)
     return stand_in(releases, quick), "STAND-IN: a one-epoch CNN of the default space on a reference slice " \
                                       "(accuracy meaningless; architecture-sized latency)"

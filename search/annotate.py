@@ -51,11 +51,11 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
 from data_pipeline.errors import first_line
-from search import artifacts, keys
+from search import keys
 from search import metrics as scoring
 from search.artifact_store import study_store
 from search.data import SearchData
-from search.layout import dashboard_dir
+from search.layout import artifacts_dir, dashboard_dir, model_path
 
 ARTIFACTS_ATTR_PREFIX = "artifacts:"  # optuna.artifacts' metadata key (study/trial system attribute)
 MODEL_ARTIFACT = re.compile(r"^trial-(\d+)\.keras$")
@@ -284,7 +284,7 @@ class TrialAnnotator:
         from optuna_dashboard import save_note
 
         metrics, model_file = None, None
-        path = artifacts.model_path(self.studies_dir, trial.study.study_name, trial.number)
+        path = model_path(self.studies_dir, trial.study.study_name, trial.number)
         if state == "COMPLETE" and path.is_file():
             model_file = path.name
             try:
@@ -349,7 +349,7 @@ def sync_model_artifacts(study: optuna.Study, studies_dir: Path) -> set[int]:
     duplicates from concurrent workers are folded into one.
     """
     store = study_store(studies_dir, study.study_name)
-    folder = artifacts.artifacts_dir(studies_dir, study.study_name)
+    folder = artifacts_dir(studies_dir, study.study_name)
     on_disk = {int(m.group(1)): folder / name for name in os.listdir(folder)
                if (m := MODEL_ARTIFACT.match(name))} if folder.is_dir() else {}
     seen: set[int] = set()

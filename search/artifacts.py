@@ -17,7 +17,7 @@ import optuna
 
 from data_pipeline.files import replacing
 from models.common import without_augmentation
-from search.layout import artifacts_dir, model_path  # the path rule, also imported from here
+from search.layout import artifacts_dir, model_path
 
 TMP_MAX_AGE_S = 6 * 3600  # a temporary file older than this belongs to a dead process
 _TRIAL_FILE = re.compile(r"^trial-(\d+)\.keras$")

@@ -31,6 +31,7 @@ from pathlib import Path
 import optuna
 import yaml
 
+from data_pipeline.errors import first_line
 from models.registry import FAMILIES
 from search.errors import SearchConfigError
 
@@ -258,7 +259,7 @@ def load_family_space(family: str, spaces_dir: Path = SPACES_DIR, space_file: Pa
     try:
         content = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise SearchConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise SearchConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
     mistakes = _file_mistakes(path, content)
     if mistakes:
         raise SearchConfigError("\n".join(mistakes))
