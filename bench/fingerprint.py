@@ -22,9 +22,9 @@ from data_pipeline import cache
 from data_pipeline.ingest import fingerprint, scan, time_fingerprint
 
 
-def _timed(call) -> float:
+def _timed(call, *args) -> float:
     started = time.perf_counter()
-    call()
+    call(*args)
     return time.perf_counter() - started
 
 
@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as folder:
                 cache._MEMOS.clear()  # a new process: nothing memoised in memory either
-                cold.append(_timed(lambda: fingerprint(images, args.data, Path(folder))))
+                cold.append(_timed(fingerprint, images, args.data, Path(folder)))
                 cache._MEMOS.clear()
-                warm.append(_timed(lambda: fingerprint(images, args.data, Path(folder))))
-            times.append(_timed(lambda: time_fingerprint(images, args.data)))
+                warm.append(_timed(fingerprint, images, args.data, Path(folder)))
+            times.append(_timed(time_fingerprint, images, args.data))
         print(f"{name}: {len(images)} files, {size_mb:.0f} MB · content, no memo {statistics.median(cold):.2f} s · "
               f"content, memo {statistics.median(warm):.2f} s · file times (before) {statistics.median(times):.2f} s "
               f"(median of {args.repeats})")
