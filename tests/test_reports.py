@@ -177,9 +177,15 @@ def test_report_numbers_match_the_saved_predictions(tiny):
     assert ("exceeds 3 points" in text) == (round(gap, 1) > 3)
 
 
-def test_second_report_reuses_test_predictions(tiny, tmp_path):
+def test_second_report_reuses_test_predictions(tiny, tmp_path, monkeypatch):
+    from data_pipeline import cache
+
     out = tmp_path / "again"
     shutil.copytree(tiny.report.figures_dir, out / STUDY)  # the saved predictions of the first run
+    # saved predictions are matched to TEST by content; the first report memoised TEST's file hashes in its
+    # cache folder, so a second report there (a new process: nothing in memory) opens no TEST file
+    monkeypatch.setenv("HEMATUNE_CACHE", str(tiny.root.parent / "search-cache"))
+    monkeypatch.setattr(cache, "_MEMOS", {})
     with Recorder() as files:
         build_report(ReportOptions(study=STUDY, studies_dir=tiny.studies, out_dir=out, latency_reps=3))
     assert files.under(tiny.test_dir) == []
