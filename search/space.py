@@ -176,42 +176,12 @@ def _entry_mistakes(name: str, spec, earlier: set[str]) -> list[str]:
         return [f"{name}: type: must be one of {', '.join(KINDS)}, not {kind!r} (or write a plain value to fix it)"]
     mistakes = [f"{name}: {key}: not a key of a {kind} entry; use {', '.join(KEYS[kind])}"
                 for key in spec if key not in KEYS[kind]]
-    number, example = ("a number", "1.0e-3") if kind == "float" else ("a whole number", "2")
-    if kind in ("float", "int"):
-        bounds_ok = True
-        for key in ("low", "high"):
-            if key not in spec:
-                mistakes.append(f"{name}: {key}: missing; a range needs low and high")
-                bounds_ok = False
-            elif not _is_number(spec[key], kind):
-                mistakes.append(f"{name}: {key}: {spec[key]!r} is not {number}; write e.g. {key}: {example}")
-                bounds_ok = False
-        log = spec.get("log", False)
-        if not isinstance(log, bool):
-            mistakes.append(f"{name}: log: {log!r} is not true or false")
-            log = False
-        step = spec.get("step")
-        step_ok = step is None
-        if step is not None:
-            if not _is_number(step, kind) or step <= 0:
-                mistakes.append(f"{name}: step: {step!r} is not {number} above 0")
-            elif log:
-                mistakes.append(f"{name}: step: a log range cannot have a step; drop step or log")
-            else:
-                step_ok = True
-        if bounds_ok:
-            low, high = spec["low"], spec["high"]
-            if low > high:
-                mistakes.append(f"{name}: low: {low} is above high {high}; needs low <= high")
-            elif log and low <= 0:
-                mistakes.append(f"{name}: low: a log range needs low > 0 (is {low})")
-            elif step is not None and step_ok and not _is_multiple(high - low, step):
-                mistakes.append(f"{name}: step: high - low ({high} - {low}) is not a multiple of step {step}; "
-                                "change high or step")
-    else:
+    if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             mistakes.append(f"{name}: choices: a categorical needs a non-empty choices list, e.g. choices: [32, 64]")
+    else:
+        mistakes += _range_mistakes(name, spec, kind)
     when = spec.get("when")
     if when is not None:
         if not isinstance(when, dict) or not when:
@@ -219,6 +189,37 @@ def _entry_mistakes(name: str, spec, earlier: set[str]) -> list[str]:
         else:
             mistakes += [f"{name}: when: {key!r} is not a parameter defined above {name}; list it earlier"
                          for key in when if key not in earlier]
+    return mistakes
+
+
+def _range_mistakes(name: str, spec: dict, kind: str) -> list[str]:
+    """The mistakes of a float or int range: its bounds, ``log`` and ``step`` (Optuna's own arguments)."""
+    number, example = ("a number", "1.0e-3") if kind == "float" else ("a whole number", "2")
+    mistakes = []
+    for key in ("low", "high"):
+        if key not in spec:
+            mistakes.append(f"{name}: {key}: missing; a range needs low and high")
+        elif not _is_number(spec[key], kind):
+            mistakes.append(f"{name}: {key}: {spec[key]!r} is not {number}; write e.g. {key}: {example}")
+    bounds_ok = not mistakes
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):
+        mistakes.append(f"{name}: log: {log!r} is not true or false")
+        log = False
+    step_ok = step is None or (_is_number(step, kind) and step > 0 and not log)
+    if step is not None and not (_is_number(step, kind) and step > 0):
+        mistakes.append(f"{name}: step: {step!r} is not {number} above 0")
+    elif step is not None and log:
+        mistakes.append(f"{name}: step: a log range cannot have a step; drop step or log")
+    if bounds_ok:
+        low, high = spec["low"], spec["high"]
+        if low > high:
+            mistakes.append(f"{name}: low: {low} is above high {high}; needs low <= high")
+        elif log and low <= 0:
+            mistakes.append(f"{name}: low: a log range needs low > 0 (is {low})")
+        elif step is not None and step_ok and not _is_multiple(high - low, step):
+            mistakes.append(f"{name}: step: high - low ({high} - {low}) is not a multiple of step {step}; "
+                            "change high or step")
     return mistakes
 
 
