@@ -16,11 +16,18 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from tests.worker_tools import REPO, tiny_dataset
 
 pytestmark = pytest.mark.integration
+tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
+
+
+def _run(args: list, **kwargs) -> str:
+    """Run a build or install step; on failure, show what it printed."""
+    out = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300, **kwargs)
+    assert out.returncode == 0, f"{' '.join(map(str, args))}:\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
+    return out.stdout
 
 
 def _package_sources(target: Path) -> Path:
@@ -40,25 +47,23 @@ def _package_sources(target: Path) -> Path:
 def test_a_wheel_install_runs_a_search_outside_the_repository(tmp_path):
     source = _package_sources(tmp_path / "source")
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(wheels), str(source)], check=True, capture_output=True, timeout=300)
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", wheels,
+          source])
     [wheel] = wheels.glob("hematune-*.whl")
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    _run([sys.executable, "-m", "venv", "--without-pip", venv])
     python = venv / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip())
     (site / "project-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                    "--no-index", str(wheel)], check=True, capture_output=True, timeout=300)
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheel])
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["HEMATUNE_CACHE"] = str(tmp_path / "cache")
-    where = subprocess.run([str(python), "-c", "import search.space as s; print(s.__file__); print(s.SPACES_DIR)"],
-                           cwd=outside, env=env, check=True, capture_output=True, text=True).stdout.split()
+    where = _run([python, "-c", "import search.space as s; print(s.__file__); print(s.SPACES_DIR)"], cwd=outside,
+                 env=env).split()
     assert all(Path(p).is_relative_to(site) for p in where), where  # the installed copy, not the checkout
 
     data = tiny_dataset(tmp_path / "cells")
