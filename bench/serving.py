@@ -243,6 +243,7 @@ def main(argv=None) -> int:
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "versions": package_versions(),
         "hematune_commit": git_commit(), "release": str(checked.path), "release_source": source,
         "model": {"family": checked.metrics.get("family"), "params": checked.metrics.get("param_count"),
+                  "study": checked.metrics.get("study"), "trial": checked.metrics.get("trial"),
                   "image_size": checked.preprocessing.get("image_size"),
                   "test_accuracy": (checked.metrics.get("test") or {}).get("accuracy")},
         "loadavg_before": loadavg(), "sizes": sizes,
@@ -314,7 +315,7 @@ def render(results: dict, raw: Path) -> str:
 Command: `{meta['command']}` · {meta['date']} · commit `{(meta['hematune_commit'] or '?')[:10]}`
 Machine: {meta['machine']} ({meta['cpu_count']} CPUs visible) · {meta['platform']} · load average {meta['loadavg_before']} before, {meta['loadavg_after']} after
 Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}
-Release: `{meta['release']}` — {meta['release_source']}; {model['family']}, {model['params']} parameters, {model['image_size']} px{accuracy}
+Release: `{meta['release']}` — {meta['release_source']}; study `{model['study']}` trial {model['trial']}, {model['family']}, {model['params']:,} parameters, {model['image_size']} px{accuracy}
 
 A real server (`hematune serve`, uvicorn, one process) on loopback; clients are threads of the benchmark process,
 one keep-alive connection each, multipart uploads of 64 reference TEST JPEGs (320×240), every request timed from
