@@ -50,7 +50,7 @@ help:
 	@echo "make promote STUDY=… [TRIAL=] [NAME=] [CHAMPION=1]  versioned release → releases/<name>/v<N>/"
 	@echo "make serve [NAME=…|RELEASE=releases/<name>/vN] [PORT=8000] [HOST=…] [TOKEN=…]  upload page + JSON API on 127.0.0.1"
 	@echo "make test                                   ruff check, then the test suite"
-	@echo "make bench [QUICK=1]                        benchmarks side by side → reports/bench.md (≤ 60 min; QUICK: minutes)"
+	@echo "make bench [QUICK=1]                        benchmarks side by side → reports/bench.md (about 66 min measured on 2 cores; QUICK: minutes)"
 	@echo "make augment-preview [DATA=…]               augmented cells at strengths 0–1 → docs/augmentation.png (check by eye)"
 
 install: $(STAMP)
