@@ -27,6 +27,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from bench.serving import multipart  # the load test builds its bodies the same way
 from reports import release
 from reports.predict import predict
 from reports.study import load
@@ -88,14 +89,6 @@ class Server:
         code = self.proc.wait(60)
         self.proc.stdout.close()
         return code
-
-
-def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, dict]:
-    boundary = uuid.uuid4().hex
-    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-                    f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
-                    for name, data in files) + f"--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 def as_json(payload) -> tuple[bytes, dict]:
