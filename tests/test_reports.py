@@ -33,6 +33,7 @@ from reports.study import load
 from search.cli import main
 from search.runner import SearchConfig, run_search
 from tests.conftest import make_class_folder
+from tests.worker_tools import tiny_dataset
 
 STUDY = "tiny"
 _OPENED: list[str] = []
@@ -67,10 +68,7 @@ class Recorder:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny-study")
-    root = base / "cells"
-    for label in range(3):
-        make_class_folder(root / "TRAIN" / f"class{label}", label, 4, 3)
-        make_class_folder(root / "TEST" / f"class{label}", label, 2, 3, group_offset=100)
+    root = tiny_dataset(base / "cells")
     patch = pytest.MonkeyPatch()
     patch.setenv("HEMATUNE_CACHE", str(base / "search-cache"))
     try:

@@ -32,7 +32,7 @@ from reports import release
 from reports.predict import predict
 from reports.study import load
 from search.runner import SearchConfig, run_search
-from tests.conftest import make_class_folder
+from tests.worker_tools import tiny_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 HEMATUNE = Path(sys.executable).parent / "hematune"
@@ -105,10 +105,7 @@ def b64(data: bytes) -> str:
 def releases(tmp_path_factory):
     """releases/tiny/v1 (trial 0, champion) and v2 (trial 1) from a real two-trial CNN study."""
     base = tmp_path_factory.mktemp("serve")
-    root = base / "cells"
-    for label in range(3):
-        make_class_folder(root / "TRAIN" / f"class{label}", label, 4, 3)
-        make_class_folder(root / "TEST" / f"class{label}", label, 2, 3, group_offset=100)
+    root = tiny_dataset(base / "cells")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HEMATUNE_CACHE", str(base / "cache"))
         run_search(SearchConfig(data=str(root), model="cnn", study=NAME, studies_dir=base / "studies", trials=2,
