@@ -78,8 +78,6 @@ class TerminalReporter:
         state = trial.state.name.lower()
         if trial.state == optuna.trial.TrialState.COMPLETE:
             detail = f"val_acc {trial.value:.4f} at epoch {trial.user_attrs.get(keys.BEST_EPOCH, 0) + 1}"
-            if "stopped_by" in trial.user_attrs:
-                detail += f" ({trial.user_attrs[keys.STOPPED_BY]})"
         elif trial.state == optuna.trial.TrialState.PRUNED:
             detail = trial.user_attrs.get(keys.PRUNE_REASON, "pruned")
         else:
