@@ -8,6 +8,7 @@ report and the trial runner all agree without importing a backend::
     <studies>/artifacts/<study>/trial-NNNNN.keras  the top-k trials' models (search/artifacts.py)
     <studies>/artifacts/<study>/dashboard/         the dashboard's figures (search/artifact_store.py)
     <studies>/artifacts/_uploads/                  files uploaded from the dashboard page
+    <studies>/<study>/select/                      `hematune select`: fold models, refit, ensembles, stages.json
 
 A trial's model file is derived from its number, so nothing in the storage
 can point at a file that was since removed.
@@ -39,3 +40,8 @@ def uploads_dir(studies_dir: Path) -> Path:
 
 def split_manifest_path(studies_dir: Path, study_name: str) -> Path:
     return Path(studies_dir) / "splits" / f"{study_name}.json"
+
+
+def select_dir(studies_dir: Path, study_name: str) -> Path:
+    """Where `hematune select` keeps a study's fold models, refit, ensembles, stages.json and folds.json."""
+    return Path(studies_dir) / study_name / "select"
