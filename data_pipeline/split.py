@@ -168,3 +168,27 @@ def make_split(index: DataIndex, rule: str = "auto", *, val_fraction: float = 0.
     groups = resolve_groups(rule, index, pool)
     keep, held = _group_holdout(pool.labels, groups.groups, val_fraction, seed + 1, index.classes)
     return Split(pool.subset(keep), pool.subset(held), test, groups.description, seed, val_fraction)
+
+
+def group_kfold(labels, groups, k: int, seed: int = 0, classes=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K group-aware, stratified folds: ``[(train_idx, val_idx), …]``, sorted indices.
+
+    Every group lands in exactly one fold's validation part and never on both
+    sides of a fold, so every source cell is validated exactly once (what
+    `hematune select` cross-validates on). Every class needs at least ``k``
+    groups, or some fold would validate (or train) without it.
+    """
+    labels = np.asarray(labels)
+    if k < 2:
+        raise DataError(f"FOLDS={k}: cross-validation needs at least 2 folds")
+    group_ids = np.unique(np.asarray(groups), return_inverse=True)[1]
+    for label in np.unique(labels):
+        n_groups = len(np.unique(group_ids[labels == label]))
+        if n_groups < k:
+            name = classes[label] if classes is not None else str(label)
+            raise DataError(
+                f"class {name} has only {n_groups} source group(s), fewer than FOLDS={k}: "
+                f"use FOLDS={max(2, n_groups)} or fewer, or a GROUPS rule with more groups"
+            )
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.sort(train), np.sort(val)) for train, val in splitter.split(np.zeros(len(labels)), labels, group_ids)]

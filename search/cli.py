@@ -124,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--workers", type=whole_number, default=1, help="local worker processes to start (default 1)")
     worker.add_argument("--precision", help="auto, float32, mixed_bfloat16 or mixed_float16 (default: the study's)")
 
+    select = commands.add_parser(
+        "select", help="cross-validate a study's top trials, refit and ensemble the winner (make select)",
+        description="Re-train the study's TOP trials on FOLDS group-aware folds of TRAIN (never TEST), choose on the "
+                    "CV mean, refit the winner on all of TRAIN, average its fold models (+ flips/turns), and write "
+                    "<studies-dir>/<study>/select/stages.json. Resumable: re-run the same command.")
+    add_study_options(select, study_help="the searched study (required)", required=True)
+    select.add_argument("--top", type=positive(int), default=3, help="finalists: the study's best trials (default 3)")
+    select.add_argument("--folds", type=positive(int), default=5, help="group folds K (default 5)")
+    select.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    select.add_argument("--timeout", type=positive(float), help="seconds of training for the whole select; a "
+                        "finalist that would eat the leader's time is stopped (default: no limit)")
+    select.add_argument("--data", help="the study's data folder, if it moved since the search")
+
     dashboard = commands.add_parser("dashboard", help="browse studies in optuna-dashboard (127.0.0.1 only)",
                                     description="Serve optuna-dashboard on the study storage, bound to 127.0.0.1.")
     add_study_options(dashboard, study_help="print the URL of this study's page")
@@ -238,6 +251,15 @@ def cmd_worker(args) -> int:
                       args.trials, args.timeout, args.workers, args.precision)
 
 
+def cmd_select(args) -> int:
+    from search.select import run_select
+    from search.storage import default_storage
+
+    run_select(args.study, args.storage or default_storage(args.studies_dir), args.studies_dir, top=args.top,
+               folds=args.folds, seed=args.seed, timeout=args.timeout, data=args.data)
+    return 0
+
+
 def cmd_dashboard(args) -> int:
     from search.dashboard import serve
     from search.storage import default_storage
@@ -319,7 +341,7 @@ def cmd_augment_preview(args) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "worker": cmd_worker, "dashboard": cmd_dashboard, "report": cmd_report,
+COMMANDS = {"search": cmd_search, "worker": cmd_worker, "select": cmd_select, "dashboard": cmd_dashboard, "report": cmd_report,
             "export": cmd_export, "promote": cmd_promote, "verify": cmd_verify, "predict": cmd_predict,
             "serve": cmd_serve, "augment-preview": cmd_augment_preview}
 

@@ -61,3 +61,15 @@ LATENCY_MS_BATCH1 = "latency_ms_batch1"
 RETRY_OF = "retry_of"
 RETRY_REASON = "retry_reason"
 RETRY_HISTORY = "retry_history"
+
+# --- `hematune select` (search/select.py): on the linked study <study>-select and its trials ---
+SELECT_PARENT = "select_parent"  # on the select study: the searched study whose finalists it cross-validates
+SELECT_FOLDS = "select_folds"  # K
+SELECT_FOLD_HASH = "select_fold_hash"  # which files went to which fold (folds.json), on the study and each trial
+SELECT_SEED = "select_seed"  # the fold assignment's seed
+SOURCE_TRIAL = "source_trial"  # on a select trial: the searched trial whose configuration it re-trains
+FOLD_SCORES = "fold_scores"  # {fold: val accuracy at the last epoch}
+FOLD_EPOCHS = "fold_epochs"  # epochs each fold model is trained for (the searched trial's best epoch count)
+CV_MEAN = "cv_mean"
+CV_SD = "cv_sd"
+SELECT_WINNER = "select_winner"  # on the select study: the searched trial chosen on the CV mean
