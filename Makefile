@@ -49,6 +49,7 @@ help:
 	@echo "make export STUDY=… [TRIAL=best|N]         best model → exports/<study>/model.keras + labels, preprocessing"
 	@echo "make promote STUDY=… [TRIAL=] [NAME=] [CHAMPION=1]  versioned release → releases/<name>/v<N>/"
 	@echo "make serve [NAME=…|RELEASE=releases/<name>/vN] [PORT=8000] [HOST=…] [TOKEN=…]  upload page + JSON API on 127.0.0.1"
+	@echo "make evaluate RELEASE=releases/<name>[/vN] DATA=other-lab/ [GROUPS=auto]  external validation on another source's class folders → reports/out/external-….md"
 	@echo "make test                                   ruff check, then the test suite"
 	@echo "make bench [QUICK=1]                        benchmarks side by side → reports/bench.md (about 66 min measured on 2 cores; QUICK: minutes)"
 	@echo "make augment-preview [DATA=…]               augmented cells at strengths 0–1 → docs/augmentation.png (check by eye)"
@@ -97,6 +98,13 @@ serve: $(STAMP)
 	$(if $(strip $(TOKEN)),HEMATUNE_TOKEN="$(strip $(TOKEN))") $(BIN)/hematune serve $(call opt,--release,$(RELEASE)) \
 		$(if $(strip $(RELEASE)),,$(call opt,--name,$(NAME))) $(call opt,--host,$(HOST)) \
 		--port $(if $(filter command line environment,$(origin PORT)),$(PORT),8000)
+
+# external validation: DATA must be named (its default is the reference set, which a release was trained on)
+.PHONY: evaluate
+evaluate: $(STAMP)
+	$(if $(strip $(RELEASE)),,$(error make evaluate needs RELEASE=releases/<name> or releases/<name>/v<N>))
+	$(if $(filter command line environment,$(origin DATA)),,$(error make evaluate needs DATA=<folder of another lab's class folders>))
+	$(BIN)/hematune evaluate --release "$(RELEASE)" --data "$(DATA)" $(call opt,--groups,$(GROUPS))
 
 # lint first (ruff, configured in pyproject.toml): a style or import slip fails in seconds, not after the suite
 test: $(STAMP)

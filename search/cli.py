@@ -183,6 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=positive(int), default=64)
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
 
+    evaluate = commands.add_parser(
+        "evaluate", help="external validation: score a release on another lab's labelled images (Markdown report)",
+        description="Verify a release, score it on class folders from another source (flat: all of them; "
+                    "TRAIN/TEST: TEST only), folders matched to its classes by name, and write "
+                    f"{OUT_DIR}/external-<release>-<version>-<data>.md with figures and predictions.")
+    evaluate.add_argument("--release", required=True, help="releases/<name>/v<N>, or releases/<name> (champion)")
+    evaluate.add_argument("--data", required=True, help="other-lab folder: ROOT/<class>/ or ROOT/TRAIN|TEST/<class>/")
+    evaluate.add_argument("--groups", default="auto", help="source groups for the interval: auto, filename, "
+                          "filename:<regex>, csv:<file>, none (default auto)")
+    evaluate.add_argument("--out", default=OUT_DIR, type=Path, help=f"output folder (default: {OUT_DIR})")
+    evaluate.add_argument("--batch-size", type=positive(int), default=64)
+
     serve = commands.add_parser(
         "serve", help="serve a release: browser upload page and JSON prediction API",
         description="Verify a release, then serve it: an upload page at /, POST /predict (multipart files or "
@@ -326,6 +338,18 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from reports.external import evaluate_release
+
+    done = evaluate_release(args.release, args.data, args.groups, args.out, args.batch_size)
+    s = done.summary
+    low, high = s["accuracy_ci95"]
+    print(f"external validation: {s['images']} images of {len(s['classes_present'])} classes, accuracy "
+          f"{100 * s['accuracy']:.1f} % [95 % CI {100 * low:.1f}, {100 * high:.1f}], macro-F1 "
+          f"{s['macro_f1_over_classes_present']:.3f}, ECE {s['ece']:.3f}; report: {done.path}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from serving.server import release_target, serve
 
@@ -342,7 +366,7 @@ def cmd_augment_preview(args) -> int:
 
 
 COMMANDS = {"search": cmd_search, "worker": cmd_worker, "select": cmd_select, "dashboard": cmd_dashboard, "report": cmd_report,
-            "export": cmd_export, "promote": cmd_promote, "verify": cmd_verify, "predict": cmd_predict,
+            "export": cmd_export, "promote": cmd_promote, "verify": cmd_verify, "predict": cmd_predict, "evaluate": cmd_evaluate,
             "serve": cmd_serve, "augment-preview": cmd_augment_preview}
 
 
