@@ -621,7 +621,7 @@ def _ensembles(winner: Finalist, pool: Pool, folder: Path, parent, folds: int) -
     import models  # noqa: F401  (registers hematune's layers for safe-mode loading)
     from models.ensemble import build_ensemble, with_tta
 
-    members = [keras.saving.load_model(fold_model_path(folder, winner.number, k), safe_mode=True)
+    members = [keras.saving.load_model(fold_model_path(folder, winner.number, k), compile=False, safe_mode=True)
                for k in range(folds)]
     ensemble = build_ensemble(members, name="ensemble")
     tta = with_tta(ensemble, name="ensemble_tta")

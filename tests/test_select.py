@@ -1,0 +1,184 @@
+"""`hematune select`: group folds, kill -9 and resume, TEST never opened, the five stages written and loadable.
+
+One tiny search (2 trials of a 1-block CNN at 16 px, 1 epoch) feeds every test here; select then
+cross-validates its 2 trials on 3 group folds. The kill is a real SIGKILL of a real ``hematune select``
+process, after its first fold is on disk.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from optuna.trial import TrialState
+
+from data_pipeline.errors import DataError
+from data_pipeline.split import group_kfold
+from search.layout import select_dir
+from search.stages import STAGES, load_stages
+from tests.test_search_integration import OpenedPaths
+from tests.worker_tools import load, start, tiny_dataset, wait_for, worker_env
+
+TINY = {"image_size": 16, "blocks": 1, "base_width": 8, "batch_size": 16, "dense_units": 0}
+TOP, FOLDS = 2, 3
+
+
+# --- the folds ---
+
+def test_group_kfold_validates_every_group_exactly_once_and_never_on_both_sides():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), rng.integers(1, 6, size=40))  # uneven group sizes
+    labels = groups % 4  # a group belongs to one class
+    folds = group_kfold(labels, groups.astype(str), 5, seed=3)
+    assert len(folds) == 5
+    validated = np.concatenate([val for _, val in folds])
+    assert sorted(validated.tolist()) == list(range(len(groups)))  # every file validated exactly once
+    for train, val in folds:
+        assert not set(groups[train]) & set(groups[val])  # no group on both sides
+        assert set(labels[val]) == set(labels[train]) == {0, 1, 2, 3}
+        assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(groups)))
+    seen = [g for _, val in folds for g in set(groups[val])]
+    assert sorted(seen) == sorted(set(groups.tolist()))  # every group in exactly one fold's validation
+    # seeded: the same seed gives the same folds, another seed other folds
+    again = group_kfold(labels, groups.astype(str), 5, seed=3)
+    assert all((a[1] == b[1]).all() for a, b in zip(folds, again))
+    other = group_kfold(labels, groups.astype(str), 5, seed=4)
+    assert any(len(a[1]) != len(b[1]) or (a[1] != b[1]).any() for a, b in zip(folds, other))
+
+
+def test_group_kfold_refuses_a_class_with_fewer_groups_than_folds_in_one_line():
+    labels = np.array([0] * 10 + [1] * 4)
+    groups = np.array([f"a{i}" for i in range(10)] + ["b0", "b0", "b1", "b1"])
+    with pytest.raises(DataError) as caught:
+        group_kfold(labels, groups, 3, seed=0, classes=("BASOPHIL", "EOSINOPHIL"))
+    message = str(caught.value)
+    assert "\n" not in message and "EOSINOPHIL" in message and "FOLDS=3" in message and "FOLDS=2" in message
+
+
+# --- a tiny searched study ---
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    from search.runner import SearchConfig, run_search
+
+    root = tmp_path_factory.mktemp("select")
+    cache = root / "cache"
+    old = os.environ.get("HEMATUNE_CACHE")
+    os.environ["HEMATUNE_CACHE"] = str(cache)  # the module's processes share one decode cache
+    try:
+        data = tiny_dataset(root / "cells", classes=3, groups=6, per_group=3)
+        studies = root / "studies"
+        run_search(SearchConfig(data=str(data), model="cnn", study="tiny", studies_dir=studies, trials=2,
+                                max_epochs=1, fixed=TINY, pruner="none", keep_top=2))
+        yield {"root": root, "data": data, "studies": studies, "cache": cache,
+               "url": f"sqlite:///{studies / 'hematune.db'}"}
+    finally:
+        if old is None:
+            os.environ.pop("HEMATUNE_CACHE", None)
+        else:
+            os.environ["HEMATUNE_CACHE"] = old
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("fold-*")}
+
+
+def test_kill_9_resumes_without_redoing_folds_never_opens_test_and_writes_five_loadable_stages(searched, tmp_path,
+                                                                                                monkeypatch):
+    from search.select import run_select, select_study_name
+
+    monkeypatch.setenv("HEMATUNE_CACHE", str(searched["cache"]))
+    studies, url = searched["studies"], searched["url"]
+    folder = select_dir(studies, "tiny")
+    args = ["select", "--study", "tiny", "--studies-dir", str(studies), "--top", str(TOP), "--folds", str(FOLDS)]
+    proc = start(args, worker_env(searched["cache"]), tmp_path / "select.log")
+    try:
+        wait_for(lambda: any(folder.glob("fold-t*-k0.json")), "the first finished fold", procs=[proc])
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    done_before = _files(folder)
+    assert any(name.endswith(".json") for name in done_before)
+    select_study = load(url, select_study_name("tiny"))
+    assert [t.state for t in select_study.get_trials()] == [TrialState.RUNNING] * TOP  # left by the dead process
+
+    with OpenedPaths() as opened:
+        outcome = run_select("tiny", url, studies, top=TOP, folds=FOLDS)
+    test_dir = str(searched["data"] / "TEST")
+    assert not [p for p in opened.paths if p.startswith(test_dir + "/")], "select opened or listed TEST"
+    assert any(p.startswith(str(searched["data"] / "TRAIN")) for p in opened.paths)  # the hook sees reads
+
+    # finished folds were kept as they were, not trained again; the missing ones were added
+    after = _files(folder)
+    assert {name: after[name] for name in done_before} == done_before
+    assert len([n for n in after if n.endswith(".json")]) == TOP * FOLDS
+    # the dead process's trials are failed, each finalist has exactly one complete trial with every fold
+    select_study = load(url, select_study_name("tiny"))
+    trials = select_study.get_trials()
+    assert sorted(t.state for t in trials[:TOP]) == [TrialState.FAIL] * TOP
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == TOP and not [t for t in trials if t.state == TrialState.RUNNING]
+    assert sorted(t.user_attrs["source_trial"] for t in complete) == sorted(
+        f["trial"] for f in outcome.summary["finalists"])
+    for trial in complete:
+        assert sorted(trial.intermediate_values) == list(range(FOLDS))
+        assert trial.value == pytest.approx(np.mean(list(trial.intermediate_values.values())), abs=1e-9)
+
+    # every source group validated exactly once: each group's files share one fold, every fold has images
+    folds = json.loads((folder / "folds.json").read_text())
+    fold_of_group: dict[str, set[int]] = {}
+    for rel, k in folds["files"]:
+        name = Path(rel)
+        fold_of_group.setdefault(f"{name.parent.name}/{name.name.split('_')[1]}", set()).add(k)
+    assert all(len(ks) == 1 for ks in fold_of_group.values()) and len(fold_of_group) == 3 * 6
+    assert {k for ks in fold_of_group.values() for k in ks} == set(range(FOLDS))
+    records = [json.loads(p.read_text()) for p in folder.glob("fold-*.json")]
+    assert all(r["fold_hash"] == folds["hash"] and r["train_images"] + r["val_images"] == 54 for r in records)
+
+    # the five stages, in order, each a file that loads in safe mode and classifies the input size
+    stages, summary = load_stages(studies, "tiny")
+    assert tuple(s.name for s in stages) == STAGES
+    assert summary["folds"] == FOLDS and summary["winner_trial"] == stages[1].source_trial
+    assert summary["fold_hash"] == folds["hash"] and summary["recommended"] == "ensemble-tta"
+    assert stages[0].val_sd is None and all(s.val_sd is not None for s in stages[1:])
+    assert [s.members for s in stages] == [1, 1, 1, FOLDS, FOLDS]
+    from reports.evaluate import load_model
+
+    x = np.random.default_rng(0).integers(0, 256, size=(4, 16, 16, 3)).astype("uint8")
+    outputs = {}
+    for stage in stages:
+        assert stage.model_path.is_absolute() and stage.model_path.is_file(), stage
+        outputs[stage.name] = np.asarray(load_model(stage.model_path).predict(x, verbose=0))
+        assert outputs[stage.name].shape == (4, 3)
+        assert np.allclose(outputs[stage.name].sum(axis=1), 1.0, atol=1e-4)
+    # the ensemble is the winner's fold models, averaged
+    members = [np.asarray(load_model(folder / f"fold-t{summary['winner_trial']}-k{k}.keras").predict(x, verbose=0))
+               for k in range(FOLDS)]
+    assert np.allclose(outputs["ensemble"], np.mean(members, axis=0), atol=1e-5)
+    for name in ("refit", "ensemble", "ensemble-tta"):
+        provenance = json.loads((folder / f"{name}.json").read_text())
+        assert provenance["parent_study"] == "tiny" and provenance["fold_hash"] == folds["hash"]
+        assert provenance["data_fingerprint"] and provenance["versions"]
+
+    # the same command once more trains nothing: every fold and the refit are on disk
+    refit_mtime = (folder / "refit.keras").stat().st_mtime_ns
+    run_select("tiny", url, studies, top=TOP, folds=FOLDS)
+    assert _files(folder) == after and (folder / "refit.keras").stat().st_mtime_ns == refit_mtime
+    assert len(load(url, select_study_name("tiny")).get_trials()) == len(trials)
+
+
+def test_select_errors_are_one_line(searched, capsys, monkeypatch):
+    from search.cli import main
+
+    monkeypatch.setenv("HEMATUNE_CACHE", str(searched["cache"]))
+    base = ["select", "--studies-dir", str(searched["studies"])]
+    assert main([*base, "--study", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hematune: error: STUDY=nope: no such study")
+    assert main([*base, "--study", "tiny", "--folds", "9"]) == 2  # 6 source groups per class in TRAIN
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "FOLDS=9" in err[0] and "fewer" in err[0]
