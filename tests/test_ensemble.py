@@ -1,6 +1,7 @@
 """The ensemble and TTA model files: one .keras each, safe-mode loadable anywhere, and exactly what they claim."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -84,7 +85,8 @@ def test_tta_of_an_invariant_model_equals_the_model(tmp_path):
 
 
 def test_tta_of_an_ensemble_is_one_file_that_loads_in_plain_keras(tmp_path):
-    """No hematune module is needed to load it: the server and a lab's script load it as any Keras model."""
+    """No hematune module is needed to load it: the server and a lab's script load it as any Keras model —
+    here in a fresh process on the JAX backend, whatever backend saved it."""
     model = with_tta(build_ensemble([tiny_cnn(0), tiny_cnn(1)]))
     path = tmp_path / "ensemble-tta.keras"
     model.save(path)
@@ -97,8 +99,10 @@ def test_tta_of_an_ensemble_is_one_file_that_loads_in_plain_keras(tmp_path):
         f"np.save({str(tmp_path / 'p.npy')!r}, p)\n"
         "mine = [n for n in sys.modules if n.split('.')[0] in ('models', 'data_pipeline', 'search', 'reports')]\n"
         "assert not mine, mine\n"
+        "assert keras.backend.backend() == 'jax'\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), probs(model, x), rtol=1e-5, atol=1e-6)
 
