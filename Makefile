@@ -30,6 +30,8 @@ WORKERS    ?=
 PRECISION  ?=
 GPU        ?=
 QUICK      ?=
+TOP        ?=
+FOLDS      ?=
 
 opt = $(if $(strip $(2)),$(1) "$(strip $(2))")
 comma := ,
@@ -45,6 +47,7 @@ help:
 	@echo "make search … WORKERS=4                     the same with 4 local worker processes on one study"
 	@echo "make worker STUDY=… [STORAGE=postgresql://…] [WORKERS=N]  join an existing study (another terminal or machine)"
 	@echo "make dashboard [STUDY=…] [STORAGE=…] [PORT=8080]  browse studies in optuna-dashboard on 127.0.0.1"
+	@echo "make select STUDY=… [TOP=3] [FOLDS=5] [TIMEOUT=1500]  cross-validate the top trials on group folds of TRAIN, refit + ensemble the winner → studies/<study>/select/ (no TEST; resumable)"
 	@echo "make report STUDY=…                       Markdown comparison report → reports/out/<study>.md (reads TEST)"
 	@echo "make export STUDY=… [TRIAL=best|N]         best model → exports/<study>/model.keras + labels, preprocessing"
 	@echo "make promote STUDY=… [TRIAL=] [NAME=] [CHAMPION=1]  versioned release → releases/<name>/v<N>/"
@@ -78,6 +81,13 @@ worker: $(STAMP)
 
 dashboard: $(STAMP)
 	$(BIN)/hematune dashboard --port $(PORT) $(call opt,--study,$(STUDY)) $(call opt,--storage,$(STORAGE))
+
+# the study's TOP trials re-trained on FOLDS group folds of TRAIN, the winner refit and ensembled (never reads TEST);
+# TIMEOUT (seconds of training) keeps the leader's folds and refit inside the budget; re-run to resume
+.PHONY: select
+select: $(STAMP)
+	$(gpu_env) $(BIN)/hematune select --study "$(STUDY)" $(call opt,--storage,$(STORAGE)) $(call opt,--top,$(TOP)) \
+		$(call opt,--folds,$(FOLDS)) $(call opt,--timeout,$(TIMEOUT))
 
 .PHONY: report export promote
 
