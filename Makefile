@@ -20,6 +20,7 @@ SPACE      ?=
 FIX        ?=
 SEED       ?=
 TRIAL      ?= best
+STAGE      ?=
 NAME       ?=
 CHAMPION   ?=
 RELEASE    ?=
@@ -48,9 +49,9 @@ help:
 	@echo "make worker STUDY=… [STORAGE=postgresql://…] [WORKERS=N]  join an existing study (another terminal or machine)"
 	@echo "make dashboard [STUDY=…] [STORAGE=…] [PORT=8080]  browse studies in optuna-dashboard on 127.0.0.1"
 	@echo "make select STUDY=… [TOP=3] [FOLDS=5] [TIMEOUT=1500]  cross-validate the top trials on group folds of TRAIN, refit + ensemble the winner → studies/<study>/select/ (no TEST; resumable)"
-	@echo "make report STUDY=…                       Markdown comparison report → reports/out/<study>.md (reads TEST)"
+	@echo "make report STUDY=… [STAGE=]              Markdown comparison report → reports/out/<study>.md (reads TEST); with make select's stages, STAGE= names the one whose val→TEST gap it states"
 	@echo "make export STUDY=… [TRIAL=best|N]         best model → exports/<study>/model.keras + labels, preprocessing"
-	@echo "make promote STUDY=… [TRIAL=] [NAME=] [CHAMPION=1]  versioned release → releases/<name>/v<N>/"
+	@echo "make promote STUDY=… [TRIAL=|STAGE=] [NAME=] [CHAMPION=1]  versioned release → releases/<name>/v<N>/ (STAGE=trial|cv|refit|ensemble|ensemble-tta: a make select stage)"
 	@echo "make serve [NAME=…|RELEASE=releases/<name>/vN] [PORT=8000] [HOST=…] [TOKEN=…]  upload page + JSON API on 127.0.0.1"
 	@echo "make evaluate RELEASE=releases/<name>[/vN] DATA=other-lab/ [GROUPS=auto]  external validation on another source's class folders → reports/out/external-….md"
 	@echo "make test                                   ruff check, then the test suite"
@@ -92,13 +93,14 @@ select: $(STAMP)
 .PHONY: report export promote
 
 report: $(STAMP)
-	$(BIN)/hematune report --study "$(STUDY)" $(call opt,--storage,$(STORAGE))
+	$(BIN)/hematune report --study "$(STUDY)" $(call opt,--storage,$(STORAGE)) $(call opt,--stage,$(STAGE))
 
 export: $(STAMP)
 	$(BIN)/hematune export --study "$(STUDY)" --trial "$(TRIAL)" $(call opt,--storage,$(STORAGE))
 
 promote: $(STAMP)
-	$(BIN)/hematune promote --study "$(STUDY)" --trial "$(TRIAL)" $(call opt,--storage,$(STORAGE)) \
+	$(BIN)/hematune promote --study "$(STUDY)" $(if $(filter command line environment,$(origin TRIAL)),--trial "$(TRIAL)") \
+		$(call opt,--stage,$(STAGE)) $(call opt,--storage,$(STORAGE)) \
 		$(call opt,--name,$(NAME)) $(if $(filter 1 yes true,$(CHAMPION)),--champion)
 
 # serves the champion of releases/$(NAME) (and follows it), or one RELEASE=releases/<name>/v<N>; PORT defaults to

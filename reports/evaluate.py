@@ -1,9 +1,11 @@
 """Score a model on TEST, once, and keep its predictions; the metrics a report states.
 
-TEST predictions are saved per model (``predictions-trial-N.npz``, keyed by
-the model file's SHA-256 and the TEST fingerprint), so re-running a report or
-promoting the trial re-uses them instead of looking at TEST again, and anyone
-can recompute every number in the report from that file.
+TEST predictions are saved per model (``predictions-trial-N.npz`` for a
+trial's model file, ``predictions-model-<sha256 prefix>.npz`` for a selection
+stage's; each keyed by the model file's SHA-256 and the TEST fingerprint), so
+re-running a report or promoting the trial or stage re-uses them instead of
+looking at TEST again, and anyone can recompute every number in the report
+from that file.
 
 Metrics: accuracy with a percentile-bootstrap 95 % interval that resamples
 TEST *source groups*, not files: the reference TEST set's 2,487 files are
@@ -84,6 +86,12 @@ def predictions_path(report_dir: Path, trial_number: int) -> Path:
     return Path(report_dir) / f"predictions-trial-{trial_number}.npz"
 
 
+def model_predictions_path(report_dir: Path, model_sha256: str) -> Path:
+    """Where a selection stage's TEST predictions live: keyed by its model file's content, not a trial,
+    since a stage model (refit, ensemble…) has no trial number of its own and two stages may share one file."""
+    return Path(report_dir) / f"predictions-model-{model_sha256[:16]}.npz"
+
+
 def save_predictions(pred: Predictions, path: Path) -> None:
     """Atomic write: a crash never leaves a half file that a later report would trust."""
     with replacing(path) as tmp:
@@ -110,11 +118,14 @@ def load_predictions(path: Path) -> Predictions:
 
 def test_predictions(model_file: Path, model_sha256: str, trial_number: int, test: ImageSet, root: Path,
                      classes: list[str], report_dir: Path, model: keras.Model | None = None,
-                     groups: list[str] | None = None) -> Predictions:
+                     groups: list[str] | None = None, path: Path | None = None) -> Predictions:
     """The model's TEST predictions: the saved ones if they belong to this exact
-    model file and TEST set, else computed now (the one read of TEST) and saved."""
+    model file and TEST set, else computed now (the one read of TEST) and saved.
+
+    ``path``: where they are saved (default: the trial's ``predictions_path``;
+    a selection stage passes ``model_predictions_path``)."""
     test_fp = fingerprint(test, root)
-    path = predictions_path(report_dir, trial_number)
+    path = Path(path) if path is not None else predictions_path(report_dir, trial_number)
     if path.is_file():
         try:
             saved = load_predictions(path)

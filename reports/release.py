@@ -101,14 +101,26 @@ def _sweep_stale(base: Path) -> None:
 
 # --- what a release says about its model ---------------------------------------
 
+def _all_layers(model: keras.Model):
+    """The model's layers, and those of the models nested in it (an ensemble's members, a TTA model's inner one)."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
 def preprocessing_info(model: keras.Model, family: str) -> dict:
     """What a caller must do to an image before the model (and what the model does itself)."""
     inside = []
-    for layer in model.layers:
+    for layer in _all_layers(model):
         if isinstance(layer, keras.layers.Rescaling):
-            inside.append({"layer": layer.name, "scale": float(layer.scale), "offset": float(layer.offset)})
+            step = {"layer": layer.name, "scale": float(layer.scale), "offset": float(layer.offset)}
         elif layer.name == "caffe_preprocessing":
-            inside.append({"layer": layer.name, "op": "RGB→BGR and ImageNet mean subtraction"})
+            step = {"layer": layer.name, "op": "RGB→BGR and ImageNet mean subtraction"}
+        else:
+            continue
+        if step not in inside:  # an ensemble's members each scale the same way: say it once
+            inside.append(step)
     return {
         "image_size": evaluate.input_size(model),
         "input": "RGB, shape (image_size, image_size, 3), pixel values 0–255 (uint8 or float); no scaling by the caller",
@@ -166,15 +178,19 @@ def set_champion(base: Path, version: str) -> None:
     write_atomic(base / CHAMPION, version + "\n")
 
 
-def _test_metrics(view: StudyView, trial, model_file: Path, sha: str, model, reports_dir: Path, data) -> dict:
+def _test_metrics(view: StudyView, trial_number: int, model_file: Path, sha: str, model, reports_dir: Path, data,
+                  by_model: bool = False) -> dict:
     """TEST numbers from the report's saved predictions (or, if the report has not
-    scored this model yet, scored now, once, and saved where the report looks)."""
+    scored this model yet, scored now, once, and saved where the report looks).
+    ``by_model``: a selection stage's file, whose predictions are keyed by its SHA-256."""
     root = data_root(view, data)
     check_data_unchanged(view, root)
     test = test_images(view, root)
     groups, groups_note = test_groups(view, test, root)
-    pred = evaluate.test_predictions(model_file, sha, trial.number, test, root, view.classes,
-                                     Path(reports_dir) / view.name, model=model, groups=groups)
+    report_dir = Path(reports_dir) / view.name
+    pred = evaluate.test_predictions(model_file, sha, trial_number, test, root, view.classes, report_dir, model=model,
+                                     groups=groups,
+                                     path=evaluate.model_predictions_path(report_dir, sha) if by_model else None)
     low, high = evaluate.bootstrap_ci(pred.correct, pred.groups)
     calib = evaluate.calibration(pred.y_true, pred.probs)
     return {
@@ -208,9 +224,9 @@ def _model_card(name: str, version: str, metrics: dict, view: StudyView) -> str:
                 ],
             }, {
                 "task": {"type": "image-classification", "name": "White-blood-cell classification"},
-                "dataset": {"name": dataset, "type": "imagefolder", "split": "group-validation"},
+                "dataset": {"name": dataset, "type": "imagefolder", "split": val["split"]},
                 "metrics": [{"type": "accuracy", "value": round(val["accuracy"], 4),
-                             "name": "group-validation accuracy"}],
+                             "name": f"{val['split']} accuracy"}],
             }],
         }],
     }
@@ -226,11 +242,37 @@ def _model_card(name: str, version: str, metrics: dict, view: StudyView) -> str:
         test_ece=test["ece"], data_root=view.attrs.get(keys.DATA_ROOT), data_fingerprint=metrics["data_fingerprint"],
         layout=view.attrs.get(keys.LAYOUT), split_rule=metrics["data"]["split_rule"],
         split_hash=metrics["data"]["split_hash"], param_count=metrics["param_count"],
-        weights_origin=training.get("weights_origin"), epochs_trained=training.get("epochs_trained"),
-        best_epoch=(training.get("best_epoch") or 0) + 1, seed=training.get("seed"), backend=training.get("backend"),
-        device=training.get("device"), params=params, val_images=val["images"], val_accuracy=val["accuracy"],
-        test_images=test["images"], test_accuracy=test["accuracy"], low=low, high=high,
-        test_macro_f1=test["macro_f1"], per_class=per_class)
+        weights_origin=training.get("weights_origin"), training_run=_training_run(metrics), params=params,
+        stage_section=_stage_section(metrics), val_split=val["split"], val_images=val["images"],
+        val_accuracy_text=f"{val['accuracy']:.4f}" + (f" ± {val['sd']:.4f}" if val.get("sd") is not None else ""),
+        val_note=val.get("kind") or "used to select this trial", test_images=test["images"],
+        test_accuracy=test["accuracy"], low=low, high=high, test_macro_f1=test["macro_f1"], per_class=per_class)
+
+
+def _training_run(metrics: dict) -> str:
+    """The model card's line on how the model was trained: the trial's run, or a selection stage's models."""
+    t = metrics["training"]
+    run = (f"seed {t.get('seed')},\n  backend {t.get('backend')} on {t.get('device')}.")
+    if "selection" not in metrics:
+        return f"{t.get('epochs_trained')} epochs (best epoch {(t.get('best_epoch') or 0) + 1}), {run}"
+    sel = metrics["selection"]
+    return (f"{sel['epochs']} epochs per model, {sel['members']} model(s); the search trial {metrics['trial']} "
+            f"whose configuration it is ran with {run}")
+
+
+def _stage_section(metrics: dict) -> str:
+    """The card's "Selection stage" section (templates/model_card_stage.md); nothing for a trial's release."""
+    sel = metrics.get("selection")
+    if not sel:
+        return ""
+    val = metrics["validation"]
+    return _template("model_card_stage.md").format(
+        stage=sel["stage"], stage_title=sel["title"], study=metrics["study"], stage_chosen=metrics["selected_by"],
+        source_trial=metrics["trial"], family=metrics["family"], members=sel["members"], epochs=sel["epochs"],
+        trained_on=sel["trained_on"], val_kind=val["kind"], folds=sel["folds"],
+        val_score_text=f"{val['accuracy']:.4f}" + (f" ± {val['sd']:.4f}" if val.get("sd") is not None else ""),
+        finalists=", ".join(str(x) for x in sel["finalists"]) or "—", winner=sel["winner"],
+        recommended=sel["recommended"], model_file=sel["model_file"], model_sha=metrics["model_sha256"][:16])
 
 
 def _template(name: str) -> str:
@@ -246,14 +288,90 @@ class Promoted:
     champion: str
 
 
-def promote(view: StudyView, trial_ref: str | int = "best", name: str | None = None,
+STAGE_TITLES = {"trial": "best trial as searched", "cv": "configuration chosen by cross-validation",
+                "refit": "refit on all of TRAIN", "ensemble": "ensemble of the fold models",
+                "ensemble-tta": "ensemble of the fold models with test-time augmentation"}
+
+
+def _stage_trained_on(stage, folds) -> str:
+    if stage.name == "trial":
+        return "TRAIN less the search's group-validation split"
+    if stage.name == "cv":
+        return "TRAIN less the search's group-validation split (the trial's own model file)"
+    if stage.members > 1:
+        return f"TRAIN less one of {folds} folds each, so every TRAIN source cell trained some member"
+    return "all of TRAIN (training and validation cells)"
+
+
+def _stage_metrics(view: StudyView, stage_name: str, trial_ref, reports_dir: Path, data) -> tuple[Path, object, dict]:
+    """(model file, loaded model, metrics) of a selection stage of `make select` (search/stages.py)."""
+    from search.stages import STAGES, load_stages, stages_path
+
+    if trial_ref is not None:
+        raise ReportError(f"STAGE={stage_name} and TRIAL={trial_ref} together: promote either a trial (TRIAL=) or a "
+                          "selection stage (STAGE=), not both")
+    if stage_name not in STAGES:
+        raise ReportError(f"STAGE={stage_name}: unknown stage; choose one of {', '.join(STAGES)}")
+    stages, summary = load_stages(view.studies_dir, view.name)
+    stage = next((s for s in stages if s.name == stage_name), None)
+    if stage is None:
+        raise ReportError(f"STAGE={stage_name}: {stages_path(view.studies_dir, view.name)} has no such stage; "
+                          f"re-run `make select STUDY={view.name}`")
+    if stage.val_score is None:
+        raise ReportError(f"STAGE={stage_name}: {stages_path(view.studies_dir, view.name)} records no validation-side "
+                          f"score for it; re-run `make select STUDY={view.name}`")
+    source = Path(stage.model_path)
+    if not source.is_file():
+        raise ReportError(f"STAGE={stage_name}: its model file {source} is missing; re-run `make select STUDY={view.name}`")
+    sha = sha256_file(source)
+    model = evaluate.load_model(source)
+    attrs = view.attrs
+    ua = next((t.user_attrs for t in view.trials() if t.number == stage.source_trial), {})
+    folds = summary.get("folds")
+    recommended = str(summary.get("recommended") or "")
+    train = sum((attrs.get(keys.TRAIN_COUNTS) or {}).values())
+    val = sum((attrs.get(keys.VAL_COUNTS) or {}).values())
+    metrics = {
+        "study": view.name, "storage": view.storage_url, "trial": stage.source_trial, "stage": stage.name,
+        "family": stage.family,
+        "selected_by": f"STAGE={stage.name} of `make select`, "
+                       + ("the stage it recommends" if stage.name == recommended else "named by hand"),
+        "params": stage.params, "labels": view.classes, "param_count": int(model.count_params()), "model_sha256": sha,
+        "data_fingerprint": attrs.get(keys.DATA_FINGERPRINT),
+        "data": {"root": attrs.get(keys.DATA_ROOT), "split_rule": attrs.get(keys.SPLIT_RULE),
+                 "split_hash": attrs.get(keys.SPLIT_HASH),
+                 "train_images": train if stage.name in ("trial", "cv") else train + val},
+        "validation": {"split": "group-validation" if stage.val_sd is None else f"group {folds}-fold cross-validation",
+                       "accuracy": stage.val_score, "sd": stage.val_sd, "kind": stage.val_kind,
+                       "images": val if stage.val_sd is None else train + val},
+        "selection": {"stage": stage.name, "title": STAGE_TITLES.get(stage.name, stage.name), "members": stage.members,
+                      "epochs": stage.epochs, "folds": folds, "trained_on": _stage_trained_on(stage, folds),
+                      "finalists": [f.get("trial") for f in summary.get("finalists") or []],
+                      "winner": summary.get("winner"), "recommended": recommended, "model_file": str(source),
+                      "stages_file": str(stages_path(view.studies_dir, view.name)), "summary": summary},
+        "test": _test_metrics(view, stage.source_trial, source, sha, model, reports_dir, data, by_model=True),
+        "training": {"epochs_trained": stage.epochs, "members": stage.members,
+                     **{k: ua.get(k) for k in ("seed", "backend", "device", "weights_origin", "versions")}},
+    }
+    return source, model, metrics
+
+
+def promote(view: StudyView, trial_ref: str | int | None = None, name: str | None = None,
             releases_dir: Path = Path("releases"), reports_dir: Path = OUT_DIR, make_champion: bool = False,
-            data: str | None = None) -> Promoted:
+            data: str | None = None, stage: str | None = None) -> Promoted:
+    """Promote a trial (``trial_ref``: best, the default, or a number) or a selection stage (``stage``: one of
+    search.stages.STAGES) to ``releases_dir/<name>/v<N>/``."""
     from search.environment import git_commit
 
     name = name or view.name
     if not RELEASE_NAME.match(name):
         raise ReportError(f"NAME={name}: use letters, digits, '.', '_' or '-' only, at most 100 characters")
+    if stage is not None:
+        source, model, metrics = _stage_metrics(view, stage, trial_ref, reports_dir, data)
+        metrics = {"release": name, **metrics, "hematune_commit": git_commit(),
+                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return _write_release(view, name, source, model, metrics["family"], metrics, releases_dir, make_champion)
+    trial_ref = "best" if trial_ref is None else trial_ref
     trial = view.trial(trial_ref)
     source = view.require_model(trial)
     sha = sha256_file(source)
@@ -269,13 +387,18 @@ def promote(view: StudyView, trial_ref: str | int = "best", name: str | None = N
                  "split_hash": attrs.get(keys.SPLIT_HASH), "train_images": sum((attrs.get(keys.TRAIN_COUNTS) or {}).values())},
         "validation": {"split": "group-validation", "accuracy": float(trial.value),
                        "images": sum((attrs.get(keys.VAL_COUNTS) or {}).values()), "loss": ua.get("best_val_loss")},
-        "test": _test_metrics(view, trial, source, sha, model, reports_dir, data),
+        "test": _test_metrics(view, trial.number, source, sha, model, reports_dir, data),
         "training": {k: ua.get(k) for k in ("seed", "epochs_trained", "best_epoch", "wall_seconds", "backend",
                                             "device", "weights_origin", "versions")},
         "hematune_commit": git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    return _write_release(view, name, source, model, family, metrics, releases_dir, make_champion)
 
+
+def _write_release(view: StudyView, name: str, source: Path, model, family: str, metrics: dict, releases_dir: Path,
+                   make_champion: bool) -> Promoted:
+    """Write the release folder atomically as the next version; move the champion pointer if asked (or first)."""
     base = Path(releases_dir) / name
     base.mkdir(parents=True, exist_ok=True)
     _sweep_stale(base)

@@ -53,6 +53,7 @@ class ReportOptions:
     within: float = 1.0  # accuracy points: "fastest model within this of the best"
     latency_reps: int = 20
     pareto_limit: int = 60  # completed trials timed for the Pareto front, best first
+    stage: str | None = None  # the selection stage whose val→TEST gap is stated (default: the recommended one)
 
 
 @dataclass
@@ -74,6 +75,37 @@ class ModelRow:
     @property
     def val_accuracy(self) -> float:
         return float(self.trial.value)
+
+
+@dataclass
+class StageRow:
+    """One selection stage (`search.stages.Stage`) with its TEST numbers, when its model file is there."""
+
+    stage: object  # search.stages.Stage
+    model_sha256: str | None = None
+    predictions: evaluate.Predictions | None = None
+    test_accuracy: float | None = None
+    test_ci: tuple[float, float] | None = None
+    macro_f1: float | None = None
+    ece: float | None = None
+    latency: evaluate.Latency | None = None
+    param_count: int | None = None
+    why_no_test: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+
+@dataclass
+class StageFacts:
+    """The section "From trial to model": what `hematune select` made of the study, scored on TEST."""
+
+    rows: list[StageRow]
+    summary: dict  # stages.json's summary: folds, finalists, winner, recommended, …
+    chosen: str  # the stage whose val→TEST gap is stated
+    chosen_by: str  # why that one: recommended a priori, or named by hand
+    stages_file: Path
 
 
 @dataclass
@@ -137,6 +169,86 @@ def evaluate_rows(view: StudyView, rows: list[ModelRow], test, groups: list[str]
         row.macro_f1 = evaluate.macro_f1(pred.y_true, pred.y_pred, len(view.classes))
         row.latency = evaluate.measure_latency(model, repetitions=reps)
         _free(model)
+
+
+def chosen_stage(summary: dict, stage: str | None) -> tuple[str, str]:
+    """(stage, why): the one named by hand (STAGE=), else the one `make select` recommends — fixed before TEST."""
+    from search.stages import RECOMMENDED, STAGES
+
+    if stage is None:
+        return str(summary.get("recommended") or RECOMMENDED), "recommended by `make select`, fixed before TEST was read"
+    if stage not in STAGES:
+        raise ReportError(f"STAGE={stage}: unknown stage; choose one of {', '.join(STAGES)}")
+    return stage, f"STAGE={stage} (named by hand)"
+
+
+def _stage_predictions(row: StageRow, model, trial_rows: list[ModelRow], test, root: Path, classes: list[str],
+                       figures_dir: Path, groups: list[str]) -> evaluate.Predictions:
+    """TEST predictions of a stage's model file, saved under its SHA-256. A trial row that already scored the
+    same file (the "trial" and "cv" stages are trial model files) gives its predictions: TEST is not read again."""
+    path = evaluate.model_predictions_path(figures_dir, row.model_sha256)
+    same = next((r.predictions for r in trial_rows if r.model_sha256 == row.model_sha256 and r.predictions), None)
+    if same is not None and not path.is_file():
+        copy = evaluate.Predictions(same.files, same.y_true, same.probs, same.classes, row.stage.source_trial,
+                                    same.model_sha256, same.test_fingerprint, same.skipped, same.groups, reused=True)
+        evaluate.save_predictions(copy, path)
+        return copy
+    return evaluate.test_predictions(row.stage.model_path, row.model_sha256, row.stage.source_trial, test, root,
+                                     classes, figures_dir, model=model, groups=groups, path=path)
+
+
+def evaluate_stages(view: StudyView, opts: ReportOptions, trial_rows: list[ModelRow], test, groups: list[str],
+                    root: Path, figures_dir: Path) -> StageFacts | None:
+    """The selection stages of the study scored on TEST (once per model file), or None when `make select`
+    has not run on it."""
+    from search.stages import load_stages, stages_path
+
+    stages_file = stages_path(opts.studies_dir, view.name)
+    if not stages_file.is_file() and opts.stage is None:
+        return None  # the report says `make select` adds the section
+    stages, summary = load_stages(opts.studies_dir, view.name)
+    chosen, chosen_by = chosen_stage(summary, opts.stage)
+    rows, done = [], {}
+    for stage in stages:
+        row = StageRow(stage)
+        rows.append(row)
+        if not Path(stage.model_path).is_file():
+            row.why_no_test = "model file missing"
+            continue
+        row.model_sha256 = sha256_file(stage.model_path)
+        if row.model_sha256 in done:  # two stages, one file (the CV winner is the best trial): score it once
+            first = done[row.model_sha256]
+            for name in ("predictions", "test_accuracy", "test_ci", "macro_f1", "ece", "latency", "param_count"):
+                setattr(row, name, getattr(first, name))
+            continue
+        model = evaluate.load_model(stage.model_path)
+        pred = _stage_predictions(row, model, trial_rows, test, root, view.classes, figures_dir, groups)
+        row.predictions = pred
+        row.test_accuracy = scoring.accuracy(pred.y_true, pred.y_pred)
+        row.test_ci = evaluate.bootstrap_ci(pred.correct, pred.groups)
+        row.macro_f1 = evaluate.macro_f1(pred.y_true, pred.y_pred, len(view.classes))
+        row.ece = evaluate.calibration(pred.y_true, pred.probs).ece
+        row.latency = evaluate.measure_latency(model, repetitions=opts.latency_reps)
+        row.param_count = int(model.count_params())
+        done[row.model_sha256] = row
+        _free(model)
+    if chosen not in {r.name for r in rows}:
+        raise ReportError(f"STAGE={chosen}: {stages_file} has no such stage; stages there: "
+                          f"{', '.join(r.name for r in rows)}")
+    return StageFacts(rows, summary, chosen, chosen_by, stages_file)
+
+
+def _stage_summary(facts: StageFacts | None) -> dict | None:
+    if facts is None:
+        return None
+    return {"stages_file": str(facts.stages_file), "chosen": facts.chosen, "chosen_by": facts.chosen_by,
+            "select": facts.summary,
+            "rows": [{"stage": r.name, "model_file": str(r.stage.model_path), "model_sha256": r.model_sha256,
+                      "source_trial": r.stage.source_trial, "members": r.stage.members, "epochs": r.stage.epochs,
+                      "val_score": r.stage.val_score, "val_sd": r.stage.val_sd, "val_kind": r.stage.val_kind,
+                      "test_accuracy": r.test_accuracy, "test_ci": r.test_ci, "macro_f1": r.macro_f1, "ece": r.ece,
+                      "latency_ms": r.latency.median_ms if r.latency else None, "param_count": r.param_count,
+                      "predictions": str(r.predictions.path) if r.predictions else None} for r in facts.rows]}
 
 
 def pareto_points(view: StudyView, rows: list[ModelRow], reps: int, limit: int) -> tuple[list[dict], int]:
@@ -216,6 +328,7 @@ def build_report(opts: ReportOptions) -> Report:
     rows = [ModelRow(t, _family(t)) for t in reported_trials(view, opts.top_k)]
     groups, groups_note = test_groups(view, test, root)
     evaluate_rows(view, rows, test, groups, root, figures_dir, opts.latency_reps)
+    stages = evaluate_stages(view, opts, rows, test, groups, root, figures_dir)
     points, untimed = pareto_points(view, rows, opts.latency_reps, opts.pareto_limit)
     front = pareto_front(points)
     quick = fastest_within(points, opts.within)
@@ -260,7 +373,7 @@ def build_report(opts: ReportOptions) -> Report:
         view=view, opts=opts, root=root, test_files=len(test), rows=rows, best_trial=best_trial, best=best,
         states=states, figs=figs, best_details=best_details, importance_values=importance_values,
         importance_note=importance_note, points=points, front=front, quick=quick, untimed=untimed,
-        groups_note=groups_note, spent_seconds=spent_seconds(view.study),
+        groups_note=groups_note, stages=stages, spent_seconds=spent_seconds(view.study),
         best_params=family_params(view, best_trial)[1], trained_with=best_trial.user_attrs.get(keys.VERSIONS) or {},
         git_commit=git_commit(), backend=keras.backend.backend(), device=device_description(),
         versions=package_versions())
@@ -274,7 +387,7 @@ def build_report(opts: ReportOptions) -> Report:
                   "predictions": str(r.predictions.path) if r.predictions else None,
                   "model_sha256": r.model_sha256} for r in rows],
         "best": best_details, "pareto": {"points": points, "front": front, "fastest_within": quick},
-        "importances": importance_values, "figures": figs,
+        "stages": _stage_summary(stages), "importances": importance_values, "figures": figs,
         "bootstrap": {"samples": evaluate.BOOTSTRAP_SAMPLES, "seed": evaluate.BOOTSTRAP_SEED, "groups": groups_note},
     }
     report_path = out_dir / f"{view.name}.md"

@@ -74,6 +74,7 @@ class ReportFacts:
     quick: dict | None  # the fastest trial within opts.within points of the best
     untimed: int
     groups_note: str  # what the bootstrap resampled
+    stages: object  # reports.report.StageFacts of `make select`'s stages, or None when it has not run
     spent_seconds: float  # trial time the study spent
     best_params: dict  # the best trial's parameters, searched and fixed
     trained_with: dict  # package versions the best trial trained with
@@ -81,6 +82,91 @@ class ReportFacts:
     backend: str  # this report's Keras backend, device and package versions
     device: str
     versions: dict
+
+
+STAGE_TITLES = {"trial": "best trial as searched", "cv": "CV-chosen", "refit": "refit on all of TRAIN",
+                "ensemble": "ensemble", "ensemble-tta": "ensemble + TTA"}
+
+
+def _val_text(stage) -> str:
+    if stage.val_score is None:
+        return "—"
+    return pct(stage.val_score) + (f" ± {100 * stage.val_sd:.1f}" if stage.val_sd is not None else "")
+
+
+def _trained_on(stage, folds) -> str:
+    if stage.name == "trial":
+        return "TRAIN less its group-validation split"
+    if stage.name == "cv":
+        return f"the trial's own model; its configuration scored on {folds} folds"
+    if stage.members > 1:
+        return f"{stage.members} models, each on TRAIN less one of {folds} folds"
+    return "all of TRAIN (every fold)"
+
+
+def stages_section(f: ReportFacts) -> list[str]:
+    """ "From trial to model": one row per stage of `make select`, TEST beside the validation-side score."""
+    name = f.view.name
+    lines = ["", "## From trial to model", ""]
+    facts = f.stages
+    if facts is None:
+        return lines + [f"No selection results for this study yet: `make select STUDY={name}` cross-validates the top "
+                        "trials, refits the winner on all of TRAIN, ensembles its fold models and adds this section."]
+    s = facts.summary
+    folds = s.get("folds", "K")
+    lines.append(
+        f"`make select` re-trained the top {len(s.get('finalists') or [])} configuration(s) of the search on {folds} "
+        f"group-aware folds of TRAIN ({s.get('split_rule', 'the study’s grouping rule')}; every source cell validated "
+        f"once) and chose trial {s.get('winner', '?')}'s configuration on the cross-validated mean; TEST played no part. "
+        "Validation-side score: what each stage is chosen or claimed on (CV mean ± sd over folds where it has one). "
+        f"TEST accuracy with the group-bootstrap 95 % interval ({f.groups_note}); ECE over {evaluate.ECE_BINS} "
+        f"confidence bins; latency CPU, batch 1, median (inter-quartile range) of {f.opts.latency_reps} calls.")
+    lines += ["", "| stage | validation-side acc % | what it is | TEST acc % [95 % CI] | macro-F1 | ECE | latency ms "
+              "| params × members |", "|---|---:|---|---|---:|---:|---:|---:|"]
+    for r in facts.rows:
+        st = r.stage
+        if r.predictions is not None:
+            test_cell = f"{pct(r.test_accuracy)} [{pct(r.test_ci[0])}, {pct(r.test_ci[1])}]"
+            f1_cell, ece_cell = f"{r.macro_f1:.3f}", f"{r.ece:.3f}"
+        else:
+            test_cell, f1_cell, ece_cell = r.why_no_test, "—", "—"
+        marker = " ★" if r.name == facts.chosen else ""
+        size = "—" if r.param_count is None else f"{r.param_count:,}"
+        lines.append(f"| {r.name}{marker} ({STAGE_TITLES.get(r.name, r.name)}) | {_val_text(st)} | {st.val_kind} | "
+                     f"{test_cell} | {f1_cell} | {ece_cell} | {_latency_text(r.latency)} | {size} × {st.members} |")
+    lines += ["", f"★ the chosen stage: {facts.chosen_by}. Params: the whole saved model (an ensemble counts all its "
+              "members).", "", "Provenance:", "", "| stage | model file | sha256 | source trial | epochs | trained on |",
+              "|---|---|---|---:|---:|---|"]
+    for r in facts.rows:
+        st = r.stage
+        sha = f"`{r.model_sha256[:12]}…`" if r.model_sha256 else "—"
+        lines.append(f"| {r.name} | `{st.model_path}` | {sha} | {st.source_trial} | {st.epochs} | "
+                     f"{_trained_on(st, folds)} |")
+    chosen = next(r for r in facts.rows if r.name == facts.chosen)
+    lines += ["", f"### Validation → TEST gap of the chosen stage ({facts.chosen})", ""]
+    if chosen.predictions is None or chosen.stage.val_score is None:
+        lines.append(f"Not available: {chosen.why_no_test or 'no validation-side score recorded'}.")
+    else:
+        gap = round((chosen.stage.val_score - chosen.test_accuracy) * 100, 1)
+        lines.append(f"{facts.chosen} ({facts.chosen_by}): validation-side {_val_text(chosen.stage)} % "
+                     f"({chosen.stage.val_kind}), TEST {pct(chosen.test_accuracy)} % "
+                     f"[{pct(chosen.test_ci[0])}, {pct(chosen.test_ci[1])}]: gap **{gap:+.1f} points**.")
+        if abs(gap) > GAP_WARNING_POINTS:
+            lines += ["", f"> **Warning:** the gap is beyond ±{GAP_WARNING_POINTS:.0f} points: the validation-side "
+                      "score does not predict this model's TEST accuracy well; trust the TEST number."]
+    lines += ["", "### Cross-validated finalists", "", "| trial | CV mean % ± sd | fold scores % | epochs | pruned |",
+              "|---:|---:|---|---:|---|"]
+    for fin in s.get("finalists") or []:
+        scores = ", ".join(pct(x) for x in fin.get("fold_scores") or [])
+        sd = fin.get("cv_sd")
+        mean = pct(fin.get("cv_mean")) + (f" ± {100 * sd:.1f}" if sd is not None else "")
+        marker = " ★" if fin.get("trial") == s.get("winner") else ""
+        lines.append(f"| {fin.get('trial')}{marker} | {mean} | {scores or '—'} | {fin.get('epochs', '—')} | "
+                     f"{'yes' if fin.get('pruned') else 'no'} |")
+    extra = [f"{k.replace('_', ' ')} {v}" for k, v in s.items()
+             if k not in ("finalists", "winner", "folds", "recommended", "split_rule") and not isinstance(v, (dict, list))]
+    lines += ["", f"★ the winner (best CV mean). {folds} folds; " + "; ".join(extra) + f". Stages file `{facts.stages_file}`."]
+    return lines
 
 
 def render(f: ReportFacts) -> str:
@@ -168,6 +254,8 @@ def render(f: ReportFacts) -> str:
             lines.append(f"{len(pred.skipped)} TEST file(s) could not be read and were not scored: "
                          + "; ".join(f"{k}: {v}" for k, v in list(pred.skipped.items())[:5]))
 
+    lines += stages_section(f)
+
     lines += ["", "## Search", "", "### Optimization history", "",
               f"![optimization history]({figs['optimization-history.png']})", "", "### Parameter importances", ""]
     if importance_values:
@@ -215,6 +303,12 @@ def render(f: ReportFacts) -> str:
               "the figures and re-used, not recomputed, when the report is generated again. "
               + ("Re-used saved predictions for trial(s) " + ", ".join(str(r.trial.number) for r in evaluated
                                                                      if r.predictions.reused) + "."
-                 if any(r.predictions.reused for r in evaluated) else ""), ""]
+                 if any(r.predictions.reused for r in evaluated) else "")]
+    if f.stages is not None:
+        scored = {r.model_sha256: r for r in f.stages.rows if r.predictions is not None}
+        lines[-1] += (f" The {len(scored)} distinct model file(s) of the selection stages were scored the same way, "
+                      "their predictions saved as `predictions-model-<sha256 prefix>.npz`; `make select` itself "
+                      "never reads TEST.")
+    lines.append("")
 
     return "\n".join(lines)

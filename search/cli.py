@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="name the fastest model within this many accuracy points of the best (default 1)")
     report.add_argument("--latency-reps", default=20, type=positive(int),
                         help="timed single-image calls per model (default 20)")
+    report.add_argument("--stage", help="the `make select` stage whose validation → TEST gap the report states "
+                                        "(default: the one select recommends, fixed before TEST is read)")
 
     export = commands.add_parser("export", help="write a trial's model (.keras) with labels and preprocessing",
                                  description="Copy the best (or a chosen) trial's model to a folder with "
@@ -164,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Write releases/<name>/v<N>/ atomically: model, labels, "
                                               "preprocessing, metrics, model card, SHA256SUMS.")
     _add_report_study_options(promote)
-    promote.add_argument("--trial", default="best", help="best (default) or a trial number")
+    promote.add_argument("--trial", help="best (default) or a trial number")
+    promote.add_argument("--stage", help="promote a `make select` stage instead of a trial: trial, cv, refit, "
+                                         "ensemble or ensemble-tta")
     promote.add_argument("--name", help="release name (default: the study name)")
     promote.add_argument("--champion", action="store_true",
                          help="make this version the champion (the first release always is)")
@@ -288,7 +292,7 @@ def cmd_report(args) -> int:
 
     result = build_report(ReportOptions(study=args.study, storage=args.storage, studies_dir=args.studies_dir,
                                         out_dir=args.out, data=args.data, top_k=args.top_k, within=args.within,
-                                        latency_reps=args.latency_reps))
+                                        latency_reps=args.latency_reps, stage=args.stage))
     print(f"report: {result.path} (figures and TEST predictions in {result.figures_dir}/)")
     return 0
 
@@ -308,7 +312,7 @@ def cmd_promote(args) -> int:
     from reports.study import load
 
     done = promote(load(args.study, args.storage, args.studies_dir), args.trial, args.name, args.releases_dir,
-                   args.reports_dir, make_champion=args.champion, data=args.data)
+                   args.reports_dir, make_champion=args.champion, data=args.data, stage=args.stage)
     note = "champion" if done.champion == done.version else f"champion stays {done.champion}; --champion moves it"
     print(f"promoted: {done.path} ({note}); check it with: hematune verify {done.path}")
     return 0
@@ -322,7 +326,7 @@ def cmd_verify(args) -> int:
     test = metrics.get("test", {})
     print(f"verified: {release.path} — all checksums match, model loads in safe mode "
           f"({len(release.labels)} classes, {release.preprocessing.get('image_size')} px; study {metrics.get('study')} "
-          f"trial {metrics.get('trial')}, TEST accuracy {test.get('accuracy', float('nan')):.4f})")
+          f"{'stage ' + str(metrics['stage']) + ', ' if metrics.get('stage') else ''}trial {metrics.get('trial')}, TEST accuracy {test.get('accuracy', float('nan')):.4f})")
     return 0
 
 
