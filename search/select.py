@@ -450,6 +450,23 @@ def _spent(finalists: list[Finalist]) -> float:
     return sum(sum(f.seconds.values()) for f in finalists)
 
 
+def budget_stop(finalist: Finalist, finalists: list[Finalist], folds: int, timeout: float | None) -> str | None:
+    """Why ``finalist`` must not start its next fold, or None: under a TIMEOUT, a finalist other than the current
+    leader (best CV mean so far) may train a fold only if the leader's remaining folds and its refit (all of
+    TRAIN: K/(K-1) of a fold) still fit after it. The leader itself always goes on: the select must end with
+    one finalist cross-validated on every fold."""
+    if timeout is None:
+        return None
+    leader = _leader(finalists)
+    if finalist is leader:
+        return None
+    reserve = (folds - len(leader.scores)) * leader.fold_cost() + leader.fold_cost() * folds / (folds - 1)
+    if _spent(finalists) + finalist.fold_cost() + reserve <= timeout:
+        return None
+    return (f"stopped by the TIMEOUT={timeout:.0f}s budget after {len(finalist.scores)} fold(s): the time left is "
+            f"kept for the leader (trial {leader.number}, {folds - len(leader.scores)} fold(s) and the refit to go)")
+
+
 def run_select(study_name: str, storage_url: str, studies_dir: Path, top: int = 3, folds: int = 5, seed: int = 0,
                timeout: float | None = None, data: str | None = None, console=None) -> SelectOutcome:
     """Cross-validate the study's TOP finalists on FOLDS group folds, refit and ensemble the winner, write
@@ -499,23 +516,18 @@ def run_select(study_name: str, storage_url: str, studies_dir: Path, top: int = 
         + (f" · budget {timeout:.0f} s" if timeout else ""))
     select_study = _open_select_study(storage, parent, pool, finalists, seed)
     pruner = FoldWilcoxonPruner()
-    refit_cost = lambda f: f.fold_cost() * folds / (folds - 1)  # noqa: E731  (all of TRAIN: K/(K-1) of a fold)
 
     try:
         for k in range(folds):  # round-robin: fold k of every finalist, then fold k+1
             for finalist in finalists:
                 if finalist.state != "running" or k in finalist.scores:
                     continue
-                leader = _leader(finalists)
-                if timeout is not None and finalist is not leader:
-                    reserve = (folds - len(leader.scores)) * leader.fold_cost() + refit_cost(leader)
-                    if _spent(finalists) + finalist.fold_cost() + reserve > timeout:
-                        finalist.state, finalist.kind = "pruned", PRUNED_BUDGET
-                        finalist.reason = (f"stopped by the TIMEOUT={timeout:.0f}s budget after {len(finalist.scores)} "
-                                           f"fold(s): the time left is kept for the leader (trial {leader.number})")
-                        say(f"  → trial {finalist.number} {finalist.reason}")
-                        _close(select_study, finalist)
-                        continue
+                too_late = budget_stop(finalist, finalists, folds, timeout)
+                if too_late:
+                    finalist.state, finalist.kind, finalist.reason = "pruned", PRUNED_BUDGET, too_late
+                    say(f"  → trial {finalist.number} {finalist.reason}")
+                    _close(select_study, finalist)
+                    continue
                 _run_fold(finalist, k, folds, pool, folder, parent, num_classes, config.weights, precision, say)
                 finalist.live.report(finalist.scores[k], step=k)
                 if finalist.live.should_prune():  # FoldWilcoxonPruner, the select study's pruner

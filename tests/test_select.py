@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -56,6 +57,44 @@ def test_group_kfold_refuses_a_class_with_fewer_groups_than_folds_in_one_line():
         group_kfold(labels, groups, 3, seed=0, classes=("BASOPHIL", "EOSINOPHIL"))
     message = str(caught.value)
     assert "\n" not in message and "EOSINOPHIL" in message and "FOLDS=3" in message and "FOLDS=2" in message
+
+
+# --- pruning and the budget (no training: Optuna's own in-memory storage) ---
+
+def test_fold_pruner_prunes_only_a_finalist_clearly_worse_on_enough_common_folds():
+    from search.select import FoldWilcoxonPruner
+
+    study = optuna.create_study(direction="maximize", pruner=FoldWilcoxonPruner())
+    leader = study.ask()
+    for k, value in enumerate([0.90, 0.88, 0.91, 0.89, 0.90]):
+        leader.report(value, step=k)
+    worse, close = study.ask(), study.ask()
+    for k, (bad, near) in enumerate([(0.70, 0.91), (0.72, 0.86), (0.69, 0.92), (0.71, 0.87)]):
+        worse.report(bad, step=k)
+        close.report(near, step=k)
+        # 3 common folds all worse: one-sided p = 1/8, not below 0.1; 4: p = 1/16
+        assert worse.should_prune() == (k >= 3)
+        assert not close.should_prune()  # as good as the leader on average: never pruned
+    assert not leader.should_prune()
+
+
+def test_budget_keeps_the_leaders_folds_and_refit():
+    from search.select import Finalist, budget_stop
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.9, 0.8):  # the search: each trial took 100 s to its chosen epoch (epoch 2)
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"epoch_end_seconds": [60.0, 100.0]}))
+    a, b = (Finalist(t, rank, "cnn", {}, 16, 2, 0) for rank, t in enumerate(study.trials))
+    finalists, folds = [a, b], 5
+    assert budget_stop(b, finalists, folds, None) is None
+    # the leader (a: best search value while no fold is done) needs 5 folds + a refit of 5/4 fold = 625 s
+    assert budget_stop(b, finalists, folds, 725.0) is None
+    assert "leader (trial 0" in budget_stop(b, finalists, folds, 724.0)
+    assert budget_stop(a, finalists, folds, 1.0) is None  # the leader always goes on
+    a.scores, a.seconds = {0: 0.7}, {0: 100.0}
+    b.scores, b.seconds = {0: 0.9}, {0: 100.0}  # b leads now: a must leave room for b's 4 folds and refit
+    assert budget_stop(a, finalists, folds, 200 + 100 + 525) is None
+    assert budget_stop(a, finalists, folds, 200 + 100 + 524) is not None
 
 
 # --- a tiny searched study ---
