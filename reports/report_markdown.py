@@ -85,7 +85,7 @@ class ReportFacts:
 
 
 STAGE_TITLES = {"trial": "best trial as searched", "cv": "CV-chosen", "refit": "refit on all of TRAIN",
-                "ensemble": "ensemble", "ensemble-tta": "ensemble + TTA"}
+                "ensemble": "mean of the fold models", "ensemble-tta": "ensemble + 8-view TTA"}
 
 
 def _val_text(stage) -> str:
@@ -117,7 +117,7 @@ def stages_section(f: ReportFacts) -> list[str]:
     lines.append(
         f"`make select` re-trained the top {len(s.get('finalists') or [])} configuration(s) of the search on {folds} "
         f"group-aware folds of TRAIN ({s.get('split_rule', 'the study’s grouping rule')}; every source cell validated "
-        f"once) and chose trial {s.get('winner', '?')}'s configuration on the cross-validated mean; TEST played no part. "
+        f"once) and chose trial {s.get('winner_trial', '?')}'s configuration on the cross-validated mean; TEST played no part. "
         "Validation-side score: what each stage is chosen or claimed on (CV mean ± sd over folds where it has one). "
         f"TEST accuracy with the group-bootstrap 95 % interval ({f.groups_note}); ECE over {evaluate.ECE_BINS} "
         f"confidence bins; latency CPU, batch 1, median (inter-quartile range) of {f.opts.latency_reps} calls.")
@@ -154,18 +154,23 @@ def stages_section(f: ReportFacts) -> list[str]:
         if abs(gap) > GAP_WARNING_POINTS:
             lines += ["", f"> **Warning:** the gap is beyond ±{GAP_WARNING_POINTS:.0f} points: the validation-side "
                       "score does not predict this model's TEST accuracy well; trust the TEST number."]
-    lines += ["", "### Cross-validated finalists", "", "| trial | CV mean % ± sd | fold scores % | epochs | pruned |",
-              "|---:|---:|---|---:|---|"]
+    lines += ["", "### Cross-validated finalists", "",
+              "| trial | search group-val % | CV mean % ± sd | fold scores % | epochs | pruned |",
+              "|---:|---:|---:|---|---:|---|"]
     for fin in s.get("finalists") or []:
         scores = ", ".join(pct(x) for x in fin.get("fold_scores") or [])
         sd = fin.get("cv_sd")
         mean = pct(fin.get("cv_mean")) + (f" ± {100 * sd:.1f}" if sd is not None else "")
-        marker = " ★" if fin.get("trial") == s.get("winner") else ""
-        lines.append(f"| {fin.get('trial')}{marker} | {mean} | {scores or '—'} | {fin.get('epochs', '—')} | "
-                     f"{'yes' if fin.get('pruned') else 'no'} |")
-    extra = [f"{k.replace('_', ' ')} {v}" for k, v in s.items()
-             if k not in ("finalists", "winner", "folds", "recommended", "split_rule") and not isinstance(v, (dict, list))]
-    lines += ["", f"★ the winner (best CV mean). {folds} folds; " + "; ".join(extra) + f". Stages file `{facts.stages_file}`."]
+        marker = " ★" if fin.get("trial") == s.get("winner_trial") else ""
+        pruned = ("yes" + (f": {fin['pruned_reason']}" if fin.get("pruned_reason") else "")) if fin.get("pruned") else "no"
+        lines.append(f"| {fin.get('trial')}{marker} | {pct(fin.get('search_value'))} | {mean} | {scores or '—'} | "
+                     f"{fin.get('epochs', '—')} | {pruned} |")
+    wall = s.get("wall_seconds")
+    lines += ["", f"★ the winner (best CV mean). Select study `{s.get('select_study', '—')}` in the same storage, "
+              f"{folds} folds over {s.get('train_images', '—')} TRAIN images (fold assignment hash "
+              f"`{s.get('fold_hash', '—')}`, seed {s.get('fold_seed', '—')}), "
+              + (f"{wall / 60:.1f} min of wall time" if isinstance(wall, (int, float)) else "wall time not recorded")
+              + f". Stages file `{facts.stages_file}`."]
     return lines
 
 
@@ -306,7 +311,7 @@ def render(f: ReportFacts) -> str:
                  if any(r.predictions.reused for r in evaluated) else "")]
     if f.stages is not None:
         scored = {r.model_sha256: r for r in f.stages.rows if r.predictions is not None}
-        lines[-1] += (f" The {len(scored)} distinct model file(s) of the selection stages were scored the same way, "
+        lines[-1] = lines[-1].rstrip() + (f" The {len(scored)} distinct model file(s) of the selection stages were scored the same way, "
                       "their predictions saved as `predictions-model-<sha256 prefix>.npz`; `make select` itself "
                       "never reads TEST.")
     lines.append("")

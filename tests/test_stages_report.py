@@ -94,13 +94,15 @@ def _write_selection(studies: Path) -> dict[str, Stage]:
         Stage("ensemble", files["ensemble"], other.number, family, 16, small, members=2, epochs=2, **cv),
         Stage("ensemble-tta", files["ensemble-tta"], other.number, family, 16, small, members=2, epochs=2, **cv),
     ]
-    summary = {"folds": 2, "study": STUDY, "select_study": f"{STUDY}-select", "winner": other.number,
-               "recommended": "ensemble-tta", "wall_seconds": 12.5, "split_rule": "filename (auto)",
-               "fold_hash": "0123abcd",
-               "finalists": [{"trial": other.number, "cv_mean": 0.61, "cv_sd": 0.05, "fold_scores": [0.56, 0.66],
-                              "epochs": 2, "pruned": False},
-                             {"trial": best.number, "cv_mean": 0.5, "cv_sd": None, "fold_scores": [0.5],
-                              "epochs": 2, "pruned": True}]}
+    summary = {"folds": 2, "parent_study": STUDY, "select_study": f"{STUDY}-select",
+               "finalists": [{"trial": other.number, "search_value": float(other.value), "cv_mean": 0.61, "cv_sd": 0.05,
+                              "fold_scores": [0.56, 0.66], "epochs": 1, "pruned": False, "pruned_reason": None},
+                             {"trial": best.number, "search_value": float(best.value), "cv_mean": 0.5, "cv_sd": 0.0,
+                              "fold_scores": [0.5, None], "epochs": 1, "pruned": True,
+                              "pruned_reason": "fold 1 below the winner"}],
+               "winner_trial": other.number, "recommended": "ensemble-tta", "split_rule": "filename (auto)",
+               "fold_hash": "0123abcd", "fold_seed": 0, "data_fingerprint": "x", "train_images": 36,
+               "wall_seconds": 12.5}
     write_stages(studies, STUDY, stages, summary)
     return {s.name: s for s in stages}
 
@@ -177,7 +179,9 @@ def test_report_has_one_row_per_stage_with_intervals_matching_the_saved_predicti
     assert "### Validation → TEST gap of the chosen stage (ensemble-tta)" in section
     assert f"gap **{gap:+.1f} points**" in section
     finalists = section.split("### Cross-validated finalists")[1]
-    assert "| 61.0 ± 5.0 | 56.0, 66.0 | 2 | no |" in finalists and "| yes |" in finalists
+    assert "| 61.0 ± 5.0 | 56.0, 66.0 | 1 | no |" in finalists
+    assert "| 50.0 ± 0.0 | 50.0, — | 1 | yes: fold 1 below the winner |" in finalists
+    assert "fold assignment hash `0123abcd`" in section
     assert "Provenance" in section and "refit.keras" in section
 
 
