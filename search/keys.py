@@ -73,3 +73,6 @@ FOLD_EPOCHS = "fold_epochs"  # epochs each fold model is trained for (the search
 CV_MEAN = "cv_mean"
 CV_SD = "cv_sd"
 SELECT_WINNER = "select_winner"  # on the select study: the searched trial chosen on the CV mean
+SELECT_PRUNED_BY = "select_pruned_by"  # on a pruned select trial: "worse" (Wilcoxon over folds) or "budget" (TIMEOUT)
+SEARCH_VALUE = "search_value"  # on a select trial: its searched trial's value (best-epoch group-val accuracy)
+PARAMS = "params"  # on a select trial: the configuration it re-trains (flat, FIX= values included)

@@ -62,8 +62,6 @@ FOLDS_FILE = "folds.json"
 P_THRESHOLD = 0.1  # Wilcoxon one-sided p below which a finalist is "clearly worse" than another
 MIN_FOLDS_TO_PRUNE = 3  # never judge a finalist on fewer common folds
 PRUNED_WORSE, PRUNED_BUDGET = "worse", "budget"
-SELECT_KIND = "select_kind"  # user attr on a pruned select trial: PRUNED_WORSE or PRUNED_BUDGET
-PRUNE_REASON = keys.PRUNE_REASON
 
 
 def select_study_name(study_name: str) -> str:
@@ -406,9 +404,9 @@ def _open_select_study(storage, parent: optuna.Study, pool: Pool, finalists: lis
             continue
         if old.state == TrialState.COMPLETE and len(finalist.scores) == pool.folds_record["folds"]:
             finalist.state = "complete"
-        elif old.state == TrialState.PRUNED and old.user_attrs.get(SELECT_KIND) == PRUNED_WORSE:
+        elif old.state == TrialState.PRUNED and old.user_attrs.get(keys.SELECT_PRUNED_BY) == PRUNED_WORSE:
             finalist.state, finalist.kind = "pruned", PRUNED_WORSE
-            finalist.reason = old.user_attrs.get(PRUNE_REASON, "clearly worse")
+            finalist.reason = old.user_attrs.get(keys.PRUNE_REASON, "clearly worse")
     for finalist in finalists:
         if finalist.state != "running":
             continue
@@ -416,7 +414,7 @@ def _open_select_study(storage, parent: optuna.Study, pool: Pool, finalists: lis
         trial.suggest_int("source_trial", finalist.number, finalist.number)  # its parameter in the dashboard
         for key, value in {keys.SOURCE_TRIAL: finalist.number, keys.FAMILY: finalist.family,
                            keys.FOLD_EPOCHS: finalist.epochs, keys.SELECT_FOLD_HASH: pool.fold_hash,
-                           "search_value": finalist.trial.value, "params": finalist.params}.items():
+                           keys.SEARCH_VALUE: finalist.trial.value, keys.PARAMS: finalist.params}.items():
             trial.set_user_attr(key, value)
         for k, score in sorted(finalist.scores.items()):
             trial.report(score, step=k)
@@ -436,8 +434,8 @@ def _close(study: optuna.Study, finalist: Finalist) -> None:
     if finalist.state == "complete":
         study.tell(trial, finalist.mean)
     else:
-        trial.set_user_attr(PRUNE_REASON, finalist.reason)
-        trial.set_user_attr(SELECT_KIND, finalist.kind)
+        trial.set_user_attr(keys.PRUNE_REASON, finalist.reason)
+        trial.set_user_attr(keys.SELECT_PRUNED_BY, finalist.kind)
         study.tell(trial, state=TrialState.PRUNED)
 
 
