@@ -513,6 +513,12 @@ def run_select(study_name: str, storage_url: str, studies_dir: Path, top: int = 
         f"{search_data.split.rule}) · fold hash {pool.fold_hash} · precision {precision}"
         + (f" · budget {timeout:.0f} s" if timeout else ""))
     select_study = _open_select_study(storage, parent, pool, finalists, seed)
+    first = _leader(finalists)
+    alone = (folds - len(first.scores)) * first.fold_cost() + first.fold_cost() * folds / (folds - 1)
+    if timeout is not None and _spent(finalists) + alone > timeout:
+        say(f"warning: trial {first.number}'s {folds - len(first.scores)} fold(s) and refit alone need about "
+            f"{alone:.0f} s (its search epochs), more than TIMEOUT={timeout:.0f}s leaves; they run anyway (the "
+            "select needs one finalist on every fold), the other finalists get none")
     pruner = FoldWilcoxonPruner()
 
     try:
