@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import time
 import warnings
@@ -361,6 +362,21 @@ def _folds_file(folder: Path, pool: Pool) -> None:
     write_atomic(path, json.dumps(pool.folds_record, indent=1))
 
 
+def _sweep_dead_writers(folder: Path) -> None:
+    """Remove temporary files (data_pipeline/files.py names them ``.<stem>.tmp-<pid><suffix>``) of processes
+    that no longer run: a select killed while saving a model leaves one."""
+    for path in folder.glob(".*.tmp-*"):
+        match = re.search(r"\.tmp-(\d+)", path.name)
+        if not match:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def _fold_record_path(folder: Path, trial_number: int, fold: int) -> Path:
     return fold_model_path(folder, trial_number, fold).with_suffix(".json")
 
@@ -502,6 +518,7 @@ def run_select(study_name: str, storage_url: str, studies_dir: Path, top: int = 
     folder = select_dir(studies_dir, study_name)
     folder.mkdir(parents=True, exist_ok=True)
     _folds_file(folder, pool)
+    _sweep_dead_writers(folder)
     for finalist in finalists:
         _read_done_folds(folder, finalist, pool, folds)
     precision = resolve_precision(config.precision, device_description())

@@ -145,8 +145,12 @@ def test_kill_9_resumes_without_redoing_folds_never_opens_test_and_writes_five_l
     select_study = load(url, select_study_name("tiny"))
     assert [t.state for t in select_study.get_trials()] == [TrialState.RUNNING] * TOP  # left by the dead process
 
+    leftover = folder / f".fold-t0-k1.tmp-{proc.pid}.keras"  # what a kill during a model save leaves
+    leftover.write_bytes(b"half a model")
+
     with OpenedPaths() as opened:
         outcome = run_select("tiny", url, studies, top=TOP, folds=FOLDS)
+    assert not leftover.exists()  # its writer is dead: swept
     test_dir = str(searched["data"] / "TEST")
     assert not [p for p in opened.paths if p.startswith(test_dir + "/")], "select opened or listed TEST"
     assert any(p.startswith(str(searched["data"] / "TRAIN")) for p in opened.paths)  # the hook sees reads
