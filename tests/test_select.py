@@ -225,3 +225,34 @@ def test_select_errors_are_one_line(searched, capsys, monkeypatch):
     assert main([*base, "--study", "tiny", "--folds", "9"]) == 2  # 6 source groups per class in TRAIN
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "FOLDS=9" in err[0] and "fewer" in err[0]
+
+
+def test_timeout_keeps_the_leader_and_stops_the_other_finalist(searched, tmp_path, monkeypatch, capsys):
+    import shutil
+    import sqlite3
+
+    from search.select import run_select, select_study_name
+
+    monkeypatch.setenv("HEMATUNE_CACHE", str(searched["cache"]))
+    studies = tmp_path / "studies"  # the searched study alone (no select results), in a copy
+    studies.mkdir()
+    with sqlite3.connect(searched["studies"] / "hematune.db") as source, \
+            sqlite3.connect(studies / "hematune.db") as copy:
+        source.backup(copy)  # the storage runs in WAL mode: a file copy could miss what the log holds
+    for part in ("artifacts", "splits"):
+        shutil.copytree(searched["studies"] / part, studies / part)
+    url = f"sqlite:///{studies / 'hematune.db'}"
+    outcome = run_select("tiny", url, studies, top=2, folds=2, timeout=0.5)
+    out = capsys.readouterr().out
+    assert "more than TIMEOUT=0s leaves" in out  # said up front: the leader alone is over the budget
+    leader, other = outcome.summary["finalists"]
+    assert outcome.summary["winner_trial"] == leader["trial"] and not leader["pruned"]
+    assert None not in leader["fold_scores"] and other["fold_scores"] == [None, None]
+    assert other["pruned"] and "TIMEOUT" in other["pruned_reason"]
+    trials = [t for t in load(url, select_study_name("tiny")).get_trials()
+              if t.user_attrs.get("select_fold_hash") == outcome.summary["fold_hash"]]
+    states = {t.user_attrs["source_trial"]: t for t in trials}
+    assert states[leader["trial"]].state == TrialState.COMPLETE
+    assert states[other["trial"]].state == TrialState.PRUNED
+    assert states[other["trial"]].user_attrs["select_pruned_by"] == "budget"
+    assert all(stage.model_path.is_file() for stage in outcome.stages)
