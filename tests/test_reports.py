@@ -32,37 +32,12 @@ from reports.report import ReportOptions, build_report, fastest_within, pareto_f
 from reports.study import load
 from search.cli import main
 from search.runner import SearchConfig, run_search
+from tests.audit import OpenedPaths
 from tests.conftest import make_class_folder
 from tests.worker_tools import tiny_dataset
 
 STUDY = "tiny"
-_OPENED: list[str] = []
-_RECORDING = {"on": False}
-
-
-def _audit(event: str, args) -> None:
-    if _RECORDING["on"] and event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
-        _OPENED.append(os.fsdecode(args[0]))
-
-
-sys.addaudithook(_audit)  # cannot be removed; it does nothing unless recording
-
-
-class Recorder:
-    """Files opened inside the ``with`` block."""
-
-    def __enter__(self):
-        _OPENED.clear()
-        _RECORDING["on"] = True
-        return self
-
-    def __exit__(self, *exc):
-        _RECORDING["on"] = False
-        self.opened = list(_OPENED)
-
-    def under(self, folder: Path) -> list[str]:
-        prefix = str(folder) + os.sep
-        return [p for p in self.opened if p.startswith(prefix)]
+OPENS_ONLY = ("open",)  # which files are read; listing TEST's class folders is not reading it
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +47,11 @@ def tiny(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setenv("HEMATUNE_CACHE", str(base / "search-cache"))
     try:
-        with Recorder() as search_files:
+        with OpenedPaths(OPENS_ONLY) as search_files:
             run_search(SearchConfig(data=str(root), model="cnn", study=STUDY, studies_dir=base / "studies", trials=2,
                                     max_epochs=2, fixed={"image_size": 32, "blocks": 2}, pruner="none"))
         reports = base / "reports"
-        with Recorder() as report_files:
+        with OpenedPaths(OPENS_ONLY) as report_files:
             result = build_report(ReportOptions(study=STUDY, studies_dir=base / "studies", out_dir=reports,
                                                 latency_reps=5))
     finally:
@@ -184,7 +159,7 @@ def test_second_report_reuses_test_predictions(tiny, tmp_path, monkeypatch):
     # cache folder, so a second report there (a new process: nothing in memory) opens no TEST file
     monkeypatch.setenv("HEMATUNE_CACHE", str(tiny.root.parent / "search-cache"))
     monkeypatch.setattr(cache, "_MEMOS", {})
-    with Recorder() as files:
+    with OpenedPaths(OPENS_ONLY) as files:
         build_report(ReportOptions(study=STUDY, studies_dir=tiny.studies, out_dir=out, latency_reps=3))
     assert files.under(tiny.test_dir) == []
     assert "Re-used saved predictions" in (out / f"{STUDY}.md").read_text()

@@ -3,7 +3,6 @@
 These train real (small) models, so they are the slow part of the suite.
 """
 import sqlite3
-import sys
 from pathlib import Path
 
 import optuna
@@ -12,37 +11,11 @@ import pytest
 from search.artifacts import artifacts_dir, model_path
 from search.cli import main
 from search.runner import SearchConfig, run_search
+from tests.audit import OpenedPaths
 
 pytestmark = pytest.mark.integration
 
 TINY_CNN = {"image_size": 32, "blocks": 2, "base_width": 8, "batch_size": 32, "dense_units": 0}
-
-
-class OpenedPaths:
-    """Records every file opened and folder listed by this process (PEP 578 audit hook)."""
-
-    active: "OpenedPaths | None" = None
-    installed = False
-
-    def __init__(self):
-        self.paths: list[str] = []
-
-    def __enter__(self):
-        if not OpenedPaths.installed:
-            sys.addaudithook(OpenedPaths._hook)
-            OpenedPaths.installed = True
-        OpenedPaths.active = self
-        return self
-
-    def __exit__(self, *exc):
-        OpenedPaths.active = None
-
-    @staticmethod
-    def _hook(event, args):
-        recorder = OpenedPaths.active
-        if recorder is not None and event in ("open", "os.scandir", "os.listdir") and args and args[0] is not None:
-            if isinstance(args[0], (str, bytes, Path)):
-                recorder.paths.append(str(args[0]))
 
 
 def _trials(db: Path, study: str) -> list[tuple[int, str]]:

@@ -20,7 +20,7 @@ from data_pipeline.errors import DataError
 from data_pipeline.split import group_kfold
 from search.layout import select_dir
 from search.stages import STAGES, load_stages
-from tests.test_search_integration import OpenedPaths
+from tests.audit import OpenedPaths
 from tests.worker_tools import load, start, tiny_dataset, wait_for, worker_env
 
 TINY = {"image_size": 16, "blocks": 1, "base_width": 8, "batch_size": 16, "dense_units": 0}

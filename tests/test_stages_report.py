@@ -10,11 +10,9 @@ file tests the report and the release, not learning).
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,30 +31,11 @@ from search.cli import main
 from search.layout import select_dir
 from search.runner import SearchConfig, run_search
 from search.stages import STAGES, Stage, stages_path, write_stages
+from tests.audit import OpenedPaths
 from tests.worker_tools import tiny_dataset
 
 STUDY = "tiny-select"
 REPO = Path(__file__).resolve().parent.parent
-_OPENED: list[str] = []
-_RECORDING = {"on": False}
-
-
-def _audit(event: str, args) -> None:
-    if _RECORDING["on"] and event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
-        _OPENED.append(os.fsdecode(args[0]))
-
-
-sys.addaudithook(_audit)  # cannot be removed; it does nothing unless recording
-
-
-def _opened_under(folder: Path, call) -> list[str]:
-    _OPENED.clear()
-    _RECORDING["on"] = True
-    try:
-        call()
-    finally:
-        _RECORDING["on"] = False
-    return [p for p in _OPENED if p.startswith(str(folder) + os.sep)]
 
 
 def _cnn(params: dict, size: int, seed: int) -> keras.Model:
@@ -191,8 +170,9 @@ def test_second_report_reuses_stage_predictions_without_opening_test(tiny, monke
     assert len(files) == 5  # five distinct model files
     before = {f: f.stat().st_mtime_ns for f in files}
     found = {}
-    opened = _opened_under(tiny.root / "TEST", lambda: found.update(facts=_stages_again(tiny, tiny.reports)[0]))
-    assert opened == []
+    with OpenedPaths(events=("open",)) as opened:
+        found["facts"] = _stages_again(tiny, tiny.reports)[0]
+    assert opened.under(tiny.root / "TEST") == []
     assert {f: f.stat().st_mtime_ns for f in files} == before
     assert all(r.predictions.reused for r in found["facts"].rows)
     saved = tiny.report.summary["stages"]["rows"]
