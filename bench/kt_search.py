@@ -56,7 +56,9 @@ class CnnHyperModel(kt.HyperModel):
         keras.utils.set_random_seed(seed)
         model = build_model("cnn", params, num_classes=self.num_classes, image_size=int(params["image_size"]),
                             weights="none", seed=seed).model
-        compile_trial_model(model, params)  # exactly as a hematune trial compiles it
+        # as a hematune trial compiles it, but at a constant rate: a trial's cosine decay spans its epoch cap,
+        # and KerasTuner decides each model's epochs itself
+        compile_trial_model(model, params)
         return model
 
     def fit(self, hp, model, *args, **kwargs):

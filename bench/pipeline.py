@@ -86,7 +86,8 @@ def bare_arm(arrays, num_classes: int, settings: Settings) -> dict:
     with Stopwatch() as total:
         keras.utils.set_random_seed(0)
         model = build_model("cnn", params, num_classes=num_classes, image_size=params["image_size"], seed=0).model
-        compile_trial_model(model, params)  # exactly as a hematune trial compiles it
+        steps = -(-len(x_train) // params["batch_size"])  # the trial's cosine decay over these epochs
+        compile_trial_model(model, params, decay_steps=settings.overhead_epochs * steps)
         clock = _EpochEnds()
         start = time.perf_counter()
         model.fit(tensors[0], tensors[1], batch_size=params["batch_size"], epochs=settings.overhead_epochs,

@@ -4,7 +4,13 @@ The score is the best epoch's group-validation accuracy and the model kept is
 that epoch's weights. Pretrained backbones are fine-tuned in two phases: the
 new head alone (backbone frozen) for ``warmup_epochs``, then the top
 ``unfreeze_fraction`` of the backbone too, at ``learning_rate *
-finetune_lr_mult``. Everything a person needs to judge the trial later is
+finetune_lr_mult``. Each phase's learning rate follows a cosine decay to zero
+over that phase's epochs of ``max_epochs``: at a constant rate a batch-norm
+CNN's validation accuracy swung between the commonest-class rate and 0.8
+from epoch to epoch while training accuracy climbed (12 epochs, seed 1:
+last-epoch group-val 0.82, TEST 70.9 %); with the decay it settled
+(0.80 → 0.89 → 0.82 → 0.96 → 0.97 over the last 5 epochs, TEST 85.5 %).
+Everything a person needs to judge the trial later is
 stored on it as user attributes.
 """
 from __future__ import annotations
@@ -28,6 +34,7 @@ from search.environment import device_description, package_versions
 from search.precision import precision_policy
 from search.space import SearchSpace
 
+LR_SCHEDULE = "cosine decay to 0 over each phase"  # recorded with every select model; a change retrains them
 MAX_TRACEBACK = 8000  # characters of a failed trial's traceback kept on it (its innermost frames)
 
 
@@ -52,11 +59,16 @@ class SearchContext:
     precision: str = "float32"  # a resolved Keras dtype policy (search/precision.py), never "auto"
 
 
-def compile_trial_model(model: keras.Model, params: dict, learning_rate: float | None = None) -> None:
+def compile_trial_model(model: keras.Model, params: dict, learning_rate: float | None = None,
+                        decay_steps: int | None = None) -> None:
     """Compile ``model`` as a trial trains it: AdamW with the trial's weight decay, label-smoothed cross-entropy
     on one-hot labels, accuracy. The benchmarks call this too, so what they time is what a trial trains.
-    ``learning_rate`` overrides the trial's (the fine-tuning phase trains at a fraction of it)."""
+    ``learning_rate`` overrides the trial's (the fine-tuning phase trains at a fraction of it);
+    ``decay_steps``: the rate decays along a cosine to zero over that many optimizer steps (a constant rate
+    when None)."""
     lr = float(params["learning_rate"]) if learning_rate is None else learning_rate
+    if decay_steps:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=int(decay_steps), alpha=0.0)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=lr, weight_decay=float(params.get("weight_decay", 1e-4))),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(params.get("label_smoothing", 0.0))),
@@ -72,6 +84,31 @@ def _phases(params: dict, built, max_epochs: int) -> list[tuple[int, int, float,
         return [(0, max_epochs, lr, None)]
     warmup = min(int(params.get("warmup_epochs", 1)), max_epochs)
     return [(0, warmup, lr, None), (warmup, max_epochs, lr * float(params.get("finetune_lr_mult", 0.1)), fraction)]
+
+
+def fit_phases(model: keras.Model, built, params: dict, x, y_onehot, *, max_epochs: int, epochs: int | None = None,
+               validation=None, callbacks=(), on_unfreeze=None) -> None:
+    """Train ``model`` as a trial does: each phase compiled afresh with its learning rate decaying over the
+    phase's span of ``max_epochs`` epochs. ``epochs`` (≤ max_epochs) stops earlier on the same schedule, so a
+    select fold trained to a trial's chosen epoch sees the rates that trial saw. Stops when a callback sets
+    ``model.stop_training``. ``on_unfreeze(count)`` hears how many backbone layers a fine-tuning phase opened."""
+    epochs = max_epochs if epochs is None else min(epochs, max_epochs)
+    batch_size = int(params.get("batch_size", 32))
+    steps = math.ceil(len(x) / batch_size)
+    for first, end, lr, fraction in _phases(params, built, max_epochs):
+        stop = min(end, epochs)
+        if first >= stop:
+            continue
+        if fraction is not None:
+            unfrozen = unfreeze_top(built.backbone, fraction)
+            if on_unfreeze:
+                on_unfreeze(unfrozen)
+        compile_trial_model(model, params, learning_rate=lr, decay_steps=(end - first) * steps)
+        model.fit(x, y_onehot, batch_size=batch_size, epochs=stop, initial_epoch=first,
+                  validation_data=validation, validation_batch_size=max(batch_size, 128),
+                  callbacks=list(callbacks), shuffle=True, verbose=0)
+        if model.stop_training:
+            break
 
 
 def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
@@ -109,17 +146,8 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float:
                              on_epoch=ctx.reporter.epoch_ended if ctx.reporter else None, started=started)
     callbacks = [InterruptCheck(), reporter] + (ctx.reporter.batch_callbacks(len(x_train), batch_size)
                                                 if ctx.reporter else [])
-    for first, end, lr, fraction in _phases(params, built, max_epochs):
-        if first >= end:
-            continue
-        if fraction is not None:
-            trial.set_user_attr(keys.UNFROZEN_LAYERS, unfreeze_top(built.backbone, fraction))
-        compile_trial_model(model, params, learning_rate=lr)
-        model.fit(x_train, y_train_1h, batch_size=batch_size, epochs=end, initial_epoch=first,
-                  validation_data=(x_val, y_val_1h), validation_batch_size=max(batch_size, 128),
-                  callbacks=callbacks, shuffle=True, verbose=0)
-        if reporter.stop_reason:
-            break
+    fit_phases(model, built, params, x_train, y_train_1h, max_epochs=max_epochs, validation=(x_val, y_val_1h),
+               callbacks=callbacks, on_unfreeze=lambda count: trial.set_user_attr(keys.UNFROZEN_LAYERS, count))
 
     history = reporter.history
     trial.set_user_attr(keys.VAL_ACCURACY_PER_EPOCH, [round(h["val_accuracy"], 5) for h in history])

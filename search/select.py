@@ -194,7 +194,7 @@ def _train(finalist: Finalist, x, y, val, num_classes: int, seed: int, weights: 
     from models.common import without_augmentation
     from models.registry import build_model
     from search.callbacks import InterruptCheck
-    from search.objective import _phases, compile_trial_model
+    from search.objective import fit_phases
     from search.precision import precision_policy
 
     keras.utils.set_random_seed(seed)
@@ -203,21 +203,10 @@ def _train(finalist: Finalist, x, y, val, num_classes: int, seed: int, weights: 
                             image_size=finalist.image_size, weights=weights, seed=seed)
         model = built.model
         progress = _FoldProgress(say, what, finalist.epochs)
-        batch_size = int(finalist.params.get("batch_size", 32))
         validation = None if val is None else (val[0], keras.utils.to_categorical(val[1], num_classes))
-        from models.common import unfreeze_top
-
-        for first, end, lr, fraction in _phases(finalist.params, built, finalist.epochs):
-            if first >= end:
-                continue
-            if fraction is not None:
-                unfreeze_top(built.backbone, fraction)
-            compile_trial_model(model, finalist.params, learning_rate=lr)
-            model.fit(x, keras.utils.to_categorical(y, num_classes), batch_size=batch_size, epochs=end,
-                      initial_epoch=first, validation_data=validation, validation_batch_size=max(batch_size, 128),
-                      callbacks=[InterruptCheck(), progress.callback], shuffle=True, verbose=0)
-            if model.stop_training and len(progress.callback.history) < end:
-                break
+        fit_phases(model, built, finalist.params, x, keras.utils.to_categorical(y, num_classes),
+                   max_epochs=finalist.max_epochs, epochs=finalist.epochs, validation=validation,
+                   callbacks=[InterruptCheck(), progress.callback])
         history = progress.callback.history
         if not history or not math.isfinite(history[-1]["loss"]):
             raise SearchConfigError(f"trial {finalist.number}'s configuration: the loss became NaN in {what}; "
@@ -240,7 +229,8 @@ class Finalist:
     family: str
     params: dict
     image_size: int
-    epochs: int
+    epochs: int  # the epoch count the trial chose (its best epoch): folds and refit stop there
+    max_epochs: int  # the trial's epoch cap: the learning-rate schedule spans it, as in the trial
     seed: int
     scores: dict[int, float] = field(default_factory=dict)  # fold → val accuracy at the last epoch
     seconds: dict[int, float] = field(default_factory=dict)  # fold → training seconds
@@ -297,8 +287,9 @@ def _finalists(study: optuna.Study, top: int) -> list[Finalist]:
             raise SearchConfigError(f"STUDY={study.study_name}: trial {trial.number} records no epoch count; "
                                     "use a smaller TOP")
         seed = int(trial.user_attrs.get(keys.SEED, trial.number))
+        max_epochs = max(epochs, int(trial.user_attrs.get(keys.MAX_EPOCHS) or epochs))
         finalists.append(Finalist(trial, rank, trial.user_attrs.get(keys.FAMILY, family), params,
-                                  int(params["image_size"]), epochs, seed))
+                                  int(params["image_size"]), epochs, max_epochs, seed))
     return finalists
 
 
@@ -381,22 +372,34 @@ def _fold_record_path(folder: Path, trial_number: int, fold: int) -> Path:
     return fold_model_path(folder, trial_number, fold).with_suffix(".json")
 
 
+def _same_training(record: dict, finalist: Finalist, pool: Pool) -> bool:
+    """Whether a stored fold or refit record was trained as ``finalist`` would be now (same folds, epochs,
+    schedule): only then is it kept on resume."""
+    from search.objective import LR_SCHEDULE
+
+    return (record.get("source_trial"), record.get("fold_hash"), record.get("epochs"), record.get("max_epochs"),
+            record.get("lr_schedule")) == (finalist.number, pool.fold_hash, finalist.epochs, finalist.max_epochs,
+                                           LR_SCHEDULE)
+
+
 def _read_done_folds(folder: Path, finalist: Finalist, pool: Pool, folds: int) -> None:
     for k in range(folds):
         record = _fold_record_path(folder, finalist.number, k)
         if record.is_file() and fold_model_path(folder, finalist.number, k).is_file():
             body = json.loads(record.read_text())
-            if body.get("fold_hash") == pool.fold_hash and body.get("epochs") == finalist.epochs:
+            if _same_training(body, finalist, pool):
                 finalist.scores[k] = float(body["score"])
                 finalist.seconds[k] = float(body["seconds"])
 
 
 def _provenance(parent: optuna.Study, pool: Pool, finalist: Finalist, seed: int, **extra) -> dict:
     from search.environment import package_versions
+    from search.objective import LR_SCHEDULE
 
     attrs = parent.user_attrs
     return {"parent_study": parent.study_name, "source_trial": finalist.number, "family": finalist.family,
-            "params": finalist.params, "epochs": finalist.epochs, "folds": pool.folds_record["folds"],
+            "params": finalist.params, "epochs": finalist.epochs, "max_epochs": finalist.max_epochs,
+            "lr_schedule": LR_SCHEDULE, "folds": pool.folds_record["folds"],
             "fold_seed": pool.folds_record["seed"], "fold_hash": pool.fold_hash,
             "data_fingerprint": attrs.get(keys.DATA_FINGERPRINT), "split_rule": attrs.get(keys.SPLIT_RULE),
             "seed": seed, "versions": package_versions(), **extra}
@@ -474,20 +477,49 @@ def budget_stop(finalist: Finalist, finalists: list[Finalist], folds: int, timeo
     leader = _leader(finalists)
     if finalist is leader:
         return None
-    reserve = (folds - len(leader.scores)) * leader.fold_cost() + leader.fold_cost() * folds / (folds - 1)
+    reserve = leader_cost(leader.fold_cost(), folds) - len(leader.scores) * leader.fold_cost()
     if _spent(finalists) + finalist.fold_cost() + reserve <= timeout:
         return None
     return (f"stopped by the TIMEOUT={timeout:.0f}s budget after {len(finalist.scores)} fold(s): the time left is "
             f"kept for the leader (trial {leader.number}, {folds - len(leader.scores)} fold(s) and the refit to go)")
 
 
-def run_select(study_name: str, storage_url: str, studies_dir: Path, top: int = 3, folds: int = 5, seed: int = 0,
-               timeout: float | None = None, data: str | None = None, console=None) -> SelectOutcome:
+MAX_AUTO_FOLDS, MIN_AUTO_FOLDS = 5, 3
+
+
+def leader_cost(cost_per_fold: float, folds: int) -> float:
+    """Seconds the leader's ``folds`` folds and its refit (all of TRAIN: K/(K-1) of a fold) take."""
+    return folds * cost_per_fold + cost_per_fold * folds / (folds - 1)
+
+
+def auto_folds(cost_per_fold: float, timeout: float | None) -> int:
+    """FOLDS when the user gave none: 5, or the most folds (at least 3) whose leader folds and refit fit in
+    TIMEOUT, so that the defaults keep to their budget on a slow machine. Decided from the study's own
+    epoch times, so a resumed run decides the same."""
+    if timeout is None or cost_per_fold <= 0:
+        return MAX_AUTO_FOLDS
+    for folds in range(MAX_AUTO_FOLDS, MIN_AUTO_FOLDS - 1, -1):
+        if leader_cost(cost_per_fold, folds) <= timeout:
+            return folds
+    return MIN_AUTO_FOLDS
+
+
+def _recorded_folds(studies_dir: Path, study_name: str) -> int | None:
+    path = select_dir(studies_dir, study_name) / FOLDS_FILE
+    try:
+        return int(json.loads(path.read_text())["folds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_select(study_name: str, storage_url: str, studies_dir: Path, top: int = 3, folds: int | None = None,
+               seed: int = 0, timeout: float | None = None, data: str | None = None, console=None) -> SelectOutcome:
     """Cross-validate the study's TOP finalists on FOLDS group folds, refit and ensemble the winner, write
-    the five stages. ``timeout``: seconds of training for the whole select (resumed runs count what is done)."""
+    the five stages. ``timeout``: seconds of training for the whole select (resumed runs count what is done).
+    ``folds`` None: the folds an earlier run of this select used, else ``auto_folds``."""
     if top < 1:
         raise SearchConfigError(f"TOP={top}: must be at least 1")
-    if folds < 2:
+    if folds is not None and folds < 2:
         raise SearchConfigError(f"FOLDS={folds}: cross-validation needs at least 2 folds")
     if timeout is not None and timeout <= 0:
         raise SearchConfigError(f"TIMEOUT={timeout}: must be a positive number of seconds")
@@ -512,6 +544,17 @@ def run_select(study_name: str, storage_url: str, studies_dir: Path, top: int = 
     config = SearchConfig.from_record(settings, data=data or attrs[keys.DATA_ROOT], study=study_name,
                                       storage=storage_url, studies_dir=Path(studies_dir))
     finalists = _finalists(parent, top)
+    folds_note = ""
+    if folds is None:
+        folds = _recorded_folds(studies_dir, study_name)
+        folds_note = f" (FOLDS of the run being resumed)" if folds else ""
+    if folds is None:
+        cost = finalists[0].fold_cost()
+        folds = auto_folds(cost, timeout)
+        if folds < MAX_AUTO_FOLDS:
+            folds_note = (f" (auto: {MAX_AUTO_FOLDS} folds and the refit of trial {finalists[0].number} would take "
+                          f"about {leader_cost(cost, MAX_AUTO_FOLDS):.0f} s, over TIMEOUT={timeout:.0f}s; "
+                          f"FOLDS={MAX_AUTO_FOLDS} forces them)")
     search_data = prepare(config.data, groups=config.groups, val_fraction=config.val_fraction, seed=config.seed)
     _check_data(parent, search_data)
     pool = make_pool(search_data, config.groups, folds, seed, study_name)
@@ -526,12 +569,12 @@ def run_select(study_name: str, storage_url: str, studies_dir: Path, top: int = 
 
     say(f"select {study_name} → study {select_study_name(study_name)} · {len(finalists)} finalist(s) "
         f"{', '.join(f'trial {f.number} ({f.trial.value:.4f}, {f.epochs} epochs)' for f in finalists)} · "
-        f"{folds} group folds of {len(pool.images)} TRAIN images ({len(set(pool.groups))} groups, "
+        f"{folds} group folds{folds_note} of {len(pool.images)} TRAIN images ({len(set(pool.groups))} groups, "
         f"{search_data.split.rule}) · fold hash {pool.fold_hash} · precision {precision}"
         + (f" · budget {timeout:.0f} s" if timeout else ""))
     select_study = _open_select_study(storage, parent, pool, finalists, seed)
     first = _leader(finalists)
-    alone = (folds - len(first.scores)) * first.fold_cost() + first.fold_cost() * folds / (folds - 1)
+    alone = leader_cost(first.fold_cost(), folds) - len(first.scores) * first.fold_cost()
     if timeout is not None and _spent(finalists) + alone > timeout:
         say(f"warning: trial {first.number}'s {folds - len(first.scores)} fold(s) and refit alone need about "
             f"{alone:.0f} s (its search epochs), more than TIMEOUT={timeout:.0f}s leaves; they run anyway (the "
@@ -629,8 +672,7 @@ def _refit(winner: Finalist, pool: Pool, folder: Path, parent, num_classes: int,
     path, record_path = folder / "refit.keras", folder / "refit.json"
     if path.is_file() and record_path.is_file():
         body = json.loads(record_path.read_text())
-        if (body.get("source_trial"), body.get("fold_hash"), body.get("epochs")) == (
-                winner.number, pool.fold_hash, winner.epochs):
+        if _same_training(body, winner, pool):
             say(f"refit: {path} already trained for trial {winner.number}; kept")
             return path
     x, y, _ = pool.arrays(winner.image_size)

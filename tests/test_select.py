@@ -84,7 +84,7 @@ def test_budget_keeps_the_leaders_folds_and_refit():
     study = optuna.create_study(direction="maximize")
     for value in (0.9, 0.8):  # the search: each trial took 100 s to its chosen epoch (epoch 2)
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"epoch_end_seconds": [60.0, 100.0]}))
-    a, b = (Finalist(t, rank, "cnn", {}, 16, 2, 0) for rank, t in enumerate(study.trials))
+    a, b = (Finalist(t, rank, "cnn", {}, 16, 2, 2, 0) for rank, t in enumerate(study.trials))
     finalists, folds = [a, b], 5
     assert budget_stop(b, finalists, folds, None) is None
     # the leader (a: best search value while no fold is done) needs 5 folds + a refit of 5/4 fold = 625 s
@@ -95,6 +95,18 @@ def test_budget_keeps_the_leaders_folds_and_refit():
     b.scores, b.seconds = {0: 0.9}, {0: 100.0}  # b leads now: a must leave room for b's 4 folds and refit
     assert budget_stop(a, finalists, folds, 200 + 100 + 525) is None
     assert budget_stop(a, finalists, folds, 200 + 100 + 524) is not None
+
+
+def test_auto_folds_keep_the_leaders_folds_and_refit_inside_the_timeout():
+    from search.select import auto_folds, leader_cost
+
+    assert leader_cost(100.0, 5) == 625.0  # 5 folds + a refit on 5/4 of a fold
+    assert auto_folds(100.0, None) == 5  # no budget: the default 5
+    assert auto_folds(100.0, 625.0) == 5
+    assert auto_folds(100.0, 624.0) == 4  # 4 folds + 4/3 of a fold = 533 s fit
+    assert auto_folds(100.0, 450.0) == 3  # 3 + 1.5 = 450 s
+    assert auto_folds(100.0, 10.0) == 3  # never fewer than 3: the select then warns it runs over
+    assert auto_folds(0.0, 10.0) == 5  # nothing measured to estimate from
 
 
 # --- a tiny searched study ---
