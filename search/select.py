@@ -21,17 +21,23 @@ fold (``trial.report(fold_score, step=fold)``), pruned when a Wilcoxon
 signed-rank test over the common folds says it is clearly worse than another
 finalist (`FoldWilcoxonPruner`), or when the TIMEOUT budget must be kept for
 the leader. Folds run round-robin (fold 0 of every finalist, then fold 1…)
-so both can act early.
+so both can act early. K left unset is 5, or as few as 3 when the top
+trial's 5 folds and refit would not fit the TIMEOUT by its search epoch times
+(``auto_folds``). Folds and refit train on the trial's own learning-rate
+schedule (search/objective.fit_phases) and stop at its chosen epoch.
 
 Resumable: each finished fold leaves its model and a JSON with its score
 (written after the model, atomically); a re-run reads them and trains only
 what is missing. A trial left RUNNING by a killed process is marked failed
 and its finalist gets a new trial that re-reports the folds already on disk,
 so nothing is trained or counted twice. TEST is never listed nor read: only
-the study's training pool is indexed (search/data.prepare).
+the study's training pool is indexed (search/data.prepare). One select per
+study runs at a time (``select.lock``).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -238,6 +244,7 @@ class Finalist:
     state: str = "running"  # running, complete, pruned
     reason: str = ""
     kind: str = ""  # PRUNED_WORSE or PRUNED_BUDGET when pruned
+    pool_scale: float = 1.0  # images in the whole TRAIN pool ÷ images its search trial trained on
 
     @property
     def number(self) -> int:
@@ -251,17 +258,21 @@ class Finalist:
     def sd(self) -> float:
         return statistics.stdev(self.scores.values()) if len(self.scores) > 1 else 0.0
 
-    def fold_cost(self) -> float:
-        """Seconds one fold is expected to take: its own folds so far, else its search trial's time to that
-        epoch (the search trained on about as many images as a fold does)."""
-        if self.seconds:
-            return statistics.fmean(self.seconds.values())
+    def pool_cost(self) -> float:
+        """Seconds its chosen epochs would take on the whole TRAIN pool, from its search trial's time to that
+        epoch scaled by images (``pool_scale``): a fold of K trains on (K-1)/K of it, the refit on all."""
         ends = self.trial.user_attrs.get(keys.EPOCH_END_SECONDS) or []
         if len(ends) >= self.epochs:
-            return float(ends[self.epochs - 1])
-        if ends:
-            return float(ends[-1]) / len(ends) * self.epochs
-        return 0.0
+            searched = float(ends[self.epochs - 1])
+        else:
+            searched = float(ends[-1]) / len(ends) * self.epochs if ends else 0.0
+        return searched * self.pool_scale
+
+    def fold_cost(self, folds: int) -> float:
+        """Seconds one of ``folds`` folds is expected to take: its own folds so far, else from ``pool_cost``."""
+        if self.seconds:
+            return statistics.fmean(self.seconds.values())
+        return self.pool_cost() * (folds - 1) / folds
 
 
 def _finalists(study: optuna.Study, top: int) -> list[Finalist]:
@@ -366,6 +377,21 @@ def _sweep_dead_writers(folder: Path) -> None:
             path.unlink(missing_ok=True)
         except PermissionError:  # alive, another user's
             pass
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path, study_name: str):
+    """Hold ``select.lock`` in the select folder for the whole run. Two selects of one study would train the
+    same folds twice and race on the stages; the second is refused. The kernel drops the lock when its
+    holder dies, even by kill -9, so a crashed select never blocks the next one."""
+    path = folder / "select.lock"
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SearchConfigError(f"STUDY={study_name}: another select of this study is running ({path} is "
+                                    "locked); wait for it to finish, or stop it and re-run to resume") from None
+        yield
 
 
 def _fold_record_path(folder: Path, trial_number: int, fold: int) -> Path:
@@ -477,14 +503,14 @@ def budget_stop(finalist: Finalist, finalists: list[Finalist], folds: int, timeo
     leader = _leader(finalists)
     if finalist is leader:
         return None
-    reserve = leader_cost(leader.fold_cost(), folds) - len(leader.scores) * leader.fold_cost()
-    if _spent(finalists) + finalist.fold_cost() + reserve <= timeout:
+    reserve = leader_cost(leader.fold_cost(folds), folds) - len(leader.scores) * leader.fold_cost(folds)
+    if _spent(finalists) + finalist.fold_cost(folds) + reserve <= timeout:
         return None
     return (f"stopped by the TIMEOUT={timeout:.0f}s budget after {len(finalist.scores)} fold(s): the time left is "
             f"kept for the leader (trial {leader.number}, {folds - len(leader.scores)} fold(s) and the refit to go)")
 
 
-MAX_AUTO_FOLDS, MIN_AUTO_FOLDS = 5, 3
+MAX_AUTO_FOLDS, MIN_AUTO_FOLDS = 5, 2
 
 
 def leader_cost(cost_per_fold: float, folds: int) -> float:
@@ -492,14 +518,15 @@ def leader_cost(cost_per_fold: float, folds: int) -> float:
     return folds * cost_per_fold + cost_per_fold * folds / (folds - 1)
 
 
-def auto_folds(cost_per_fold: float, timeout: float | None) -> int:
-    """FOLDS when the user gave none: 5, or the most folds (at least 3) whose leader folds and refit fit in
-    TIMEOUT, so that the defaults keep to their budget on a slow machine. Decided from the study's own
-    epoch times, so a resumed run decides the same."""
-    if timeout is None or cost_per_fold <= 0:
+def auto_folds(pool_cost: float, timeout: float | None) -> int:
+    """FOLDS when the user gave none: 5, or the most folds (at least 2) whose leader folds and refit fit in
+    TIMEOUT, so that the defaults keep to their budget on a slow machine. ``pool_cost``: seconds the leader's
+    epochs take on the whole pool (K folds and the refit cost K of those). Decided from the study's own epoch
+    times, so a resumed run decides the same."""
+    if timeout is None or pool_cost <= 0:
         return MAX_AUTO_FOLDS
     for folds in range(MAX_AUTO_FOLDS, MIN_AUTO_FOLDS - 1, -1):
-        if leader_cost(cost_per_fold, folds) <= timeout:
+        if leader_cost(pool_cost * (folds - 1) / folds, folds) <= timeout:
             return folds
     return MIN_AUTO_FOLDS
 
@@ -544,89 +571,93 @@ def run_select(study_name: str, storage_url: str, studies_dir: Path, top: int = 
     config = SearchConfig.from_record(settings, data=data or attrs[keys.DATA_ROOT], study=study_name,
                                       storage=storage_url, studies_dir=Path(studies_dir))
     finalists = _finalists(parent, top)
+    search_data = prepare(config.data, groups=config.groups, val_fraction=config.val_fraction, seed=config.seed)
+    _check_data(parent, search_data)
+    pool_images = len(search_data.split.train.files) + len(search_data.split.val.files)
+    for finalist in finalists:
+        finalist.pool_scale = pool_images / max(1, len(search_data.split.train.files))
     folds_note = ""
     if folds is None:
         folds = _recorded_folds(studies_dir, study_name)
-        folds_note = f" (FOLDS of the run being resumed)" if folds else ""
+        folds_note = " (FOLDS of the run being resumed)" if folds else ""
     if folds is None:
-        cost = finalists[0].fold_cost()
+        cost = finalists[0].pool_cost()
         folds = auto_folds(cost, timeout)
         if folds < MAX_AUTO_FOLDS:
             folds_note = (f" (auto: {MAX_AUTO_FOLDS} folds and the refit of trial {finalists[0].number} would take "
-                          f"about {leader_cost(cost, MAX_AUTO_FOLDS):.0f} s, over TIMEOUT={timeout:.0f}s; "
+                          f"about {MAX_AUTO_FOLDS * cost:.0f} s by its search epochs, over TIMEOUT={timeout:.0f}s; "
                           f"FOLDS={MAX_AUTO_FOLDS} forces them)")
-    search_data = prepare(config.data, groups=config.groups, val_fraction=config.val_fraction, seed=config.seed)
-    _check_data(parent, search_data)
     pool = make_pool(search_data, config.groups, folds, seed, study_name)
     folder = select_dir(studies_dir, study_name)
     folder.mkdir(parents=True, exist_ok=True)
-    _folds_file(folder, pool)
-    _sweep_dead_writers(folder)
-    for finalist in finalists:
-        _read_done_folds(folder, finalist, pool, folds)
-    precision = resolve_precision(config.precision, device_description())
-    num_classes = len(search_data.classes)
+    with _exclusive(folder, study_name):  # one select per study at a time
+        _folds_file(folder, pool)
+        _sweep_dead_writers(folder)
+        for finalist in finalists:
+            _read_done_folds(folder, finalist, pool, folds)
+        precision = resolve_precision(config.precision, device_description())
+        num_classes = len(search_data.classes)
 
-    say(f"select {study_name} → study {select_study_name(study_name)} · {len(finalists)} finalist(s) "
-        f"{', '.join(f'trial {f.number} ({f.trial.value:.4f}, {f.epochs} epochs)' for f in finalists)} · "
-        f"{folds} group folds{folds_note} of {len(pool.images)} TRAIN images ({len(set(pool.groups))} groups, "
-        f"{search_data.split.rule}) · fold hash {pool.fold_hash} · precision {precision}"
-        + (f" · budget {timeout:.0f} s" if timeout else ""))
-    select_study = _open_select_study(storage, parent, pool, finalists, seed)
-    first = _leader(finalists)
-    alone = leader_cost(first.fold_cost(), folds) - len(first.scores) * first.fold_cost()
-    if timeout is not None and _spent(finalists) + alone > timeout:
-        say(f"warning: trial {first.number}'s {folds - len(first.scores)} fold(s) and refit alone need about "
-            f"{alone:.0f} s (its search epochs), more than TIMEOUT={timeout:.0f}s leaves; they run anyway (the "
-            "select needs one finalist on every fold), the other finalists get none")
-    pruner = FoldWilcoxonPruner()
+        say(f"select {study_name} → study {select_study_name(study_name)} · {len(finalists)} finalist(s) "
+            f"{', '.join(f'trial {f.number} ({f.trial.value:.4f}, {f.epochs} epochs)' for f in finalists)} · "
+            f"{folds} group folds{folds_note} of {len(pool.images)} TRAIN images ({len(set(pool.groups))} groups, "
+            f"{search_data.split.rule}) · fold hash {pool.fold_hash} · precision {precision}"
+            + (f" · budget {timeout:.0f} s" if timeout else ""))
+        select_study = _open_select_study(storage, parent, pool, finalists, seed)
+        first = _leader(finalists)
+        alone = leader_cost(first.fold_cost(folds), folds) - len(first.scores) * first.fold_cost(folds)
+        if timeout is not None and _spent(finalists) + alone > timeout:
+            say(f"warning: trial {first.number}'s {folds - len(first.scores)} fold(s) and refit alone need about "
+                f"{alone:.0f} s (its search epochs), more than TIMEOUT={timeout:.0f}s leaves; they run anyway (the "
+                "select needs one finalist on every fold), the other finalists get none")
+        pruner = FoldWilcoxonPruner()
 
-    try:
-        for k in range(folds):  # round-robin: fold k of every finalist, then fold k+1
+        try:
+            for k in range(folds):  # round-robin: fold k of every finalist, then fold k+1
+                for finalist in finalists:
+                    if finalist.state != "running" or k in finalist.scores:
+                        continue
+                    too_late = budget_stop(finalist, finalists, folds, timeout)
+                    if too_late:
+                        finalist.state, finalist.kind, finalist.reason = "pruned", PRUNED_BUDGET, too_late
+                        say(f"  → trial {finalist.number} {finalist.reason}")
+                        _close(select_study, finalist)
+                        continue
+                    _run_fold(finalist, k, folds, pool, folder, parent, num_classes, config.weights, precision, say)
+                    finalist.live.report(finalist.scores[k], step=k)
+                    if finalist.live.should_prune():  # FoldWilcoxonPruner, the select study's pruner
+                        finalist.state, finalist.kind = "pruned", PRUNED_WORSE
+                        finalist.reason = _worse_reason(finalist, finalists, pruner)
+                        say(f"  → trial {finalist.number} pruned: {finalist.reason}")
+                        _close(select_study, finalist)
             for finalist in finalists:
-                if finalist.state != "running" or k in finalist.scores:
-                    continue
-                too_late = budget_stop(finalist, finalists, folds, timeout)
-                if too_late:
-                    finalist.state, finalist.kind, finalist.reason = "pruned", PRUNED_BUDGET, too_late
-                    say(f"  → trial {finalist.number} {finalist.reason}")
+                if finalist.state == "running":
+                    finalist.state = "complete"
                     _close(select_study, finalist)
-                    continue
-                _run_fold(finalist, k, folds, pool, folder, parent, num_classes, config.weights, precision, say)
-                finalist.live.report(finalist.scores[k], step=k)
-                if finalist.live.should_prune():  # FoldWilcoxonPruner, the select study's pruner
-                    finalist.state, finalist.kind = "pruned", PRUNED_WORSE
-                    finalist.reason = _worse_reason(finalist, finalists, pruner)
-                    say(f"  → trial {finalist.number} pruned: {finalist.reason}")
-                    _close(select_study, finalist)
-        for finalist in finalists:
-            if finalist.state == "running":
-                finalist.state = "complete"
-                _close(select_study, finalist)
-    except BaseException:
-        for finalist in finalists:
-            if finalist.live is not None:
-                select_study.tell(finalist.live, state=TrialState.FAIL)
-                finalist.live = None
-        raise
+        except BaseException:
+            for finalist in finalists:
+                if finalist.live is not None:
+                    select_study.tell(finalist.live, state=TrialState.FAIL)
+                    finalist.live = None
+            raise
 
-    complete = [f for f in finalists if f.state == "complete"]
-    if not complete:
-        raise SearchConfigError(f"no finalist of {study_name} finished all {folds} folds; raise TIMEOUT and re-run "
-                                "`make select` (finished folds are kept)")
-    winner = max(complete, key=lambda f: (f.mean, -f.sd, f.trial.value, -f.number))
-    select_study.set_user_attr(keys.SELECT_WINNER, winner.number)
-    _print_table(say, finalists, winner, folds)
+        complete = [f for f in finalists if f.state == "complete"]
+        if not complete:
+            raise SearchConfigError(f"no finalist of {study_name} finished all {folds} folds; raise TIMEOUT and re-run "
+                                    "`make select` (finished folds are kept)")
+        winner = max(complete, key=lambda f: (f.mean, -f.sd, f.trial.value, -f.number))
+        select_study.set_user_attr(keys.SELECT_WINNER, winner.number)
+        _print_table(say, finalists, winner, folds)
 
-    refit_path = _refit(winner, pool, folder, parent, num_classes, config.weights, precision, say)
-    ensemble_path, tta_path = _ensembles(winner, pool, folder, parent, folds)
-    stages, summary = _stages(parent, studies_dir, pool, finalists, winner, folds, seed, refit_path, ensemble_path,
-                              tta_path, say)
-    summary["wall_seconds"] = round(time.monotonic() - started, 1)
-    path = write_stages(studies_dir, study_name, stages, summary)
-    say(f"stages: {path} · recommended stage {RECOMMENDED} · winner trial {winner.number} "
-        f"(CV {winner.mean:.4f} ± {winner.sd:.4f}) · {summary['wall_seconds']:.0f} s")
-    return SelectOutcome(stages, summary, path)
+        refit_path = _refit(winner, pool, folder, parent, num_classes, config.weights, precision, say)
+        ensemble_path, tta_path = _ensembles(winner, pool, folder, parent, folds)
+        stages, summary = _stages(parent, studies_dir, pool, finalists, winner, folds, seed, refit_path, ensemble_path,
+                                  tta_path, say)
+        summary["wall_seconds"] = round(time.monotonic() - started, 1)
+        path = write_stages(studies_dir, study_name, stages, summary)
+        say(f"stages: {path} · recommended stage {RECOMMENDED} · winner trial {winner.number} "
+            f"(CV {winner.mean:.4f} ± {winner.sd:.4f}) · {summary['wall_seconds']:.0f} s")
+        return SelectOutcome(stages, summary, path)
 
 
 def _worse_reason(finalist: Finalist, finalists: list[Finalist], pruner: FoldWilcoxonPruner) -> str:

@@ -55,6 +55,7 @@ class LoadedRelease:
     def describe(self) -> dict:
         """What ``GET /model`` answers and the page's model panel shows."""
         test = self.metrics.get("test") or {}
+        selection = self.metrics.get("selection") or {}  # a `make promote STAGE=` release names its stage
         return {
             **self.identity(),
             "path": str(self.path),
@@ -64,6 +65,8 @@ class LoadedRelease:
             "created": self.metrics.get("created"),
             "study": self.metrics.get("study"),
             "trial": self.metrics.get("trial"),
+            "stage": selection.get("stage", "trial"),
+            "stage_title": selection.get("title", "best trial as searched"),
             "test_accuracy": test.get("accuracy"),
             "test_accuracy_ci95": test.get("accuracy_ci95"),
             "test_images": test.get("images"),

@@ -54,6 +54,15 @@ def make_class_folder(folder: Path, label: int, groups: int, per_group: int, *, 
 
 
 @pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """Processes a test started with tests.worker_tools.start do not outlive it, even when it fails."""
+    yield
+    from tests.worker_tools import kill_leftovers
+
+    kill_leftovers()
+
+
+@pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own decode cache (no state shared between tests)."""
     cache = tmp_path_factory.mktemp("cache")

@@ -15,13 +15,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from reports import release
 from reports.predict import predict
-from reports.study import load
 from search.cli import main
-from search.runner import SearchConfig, run_search
 from tests.conftest import make_class_folder
-from tests.worker_tools import tiny_dataset
+from tests.worker_tools import tiny_releases
 
 STUDY = "tiny-ext"
 LAB_FOLDERS = ("CLASS0", "Class1", "class2")  # the release's classes are class0, class1, class2
@@ -30,13 +27,7 @@ LAB_FOLDERS = ("CLASS0", "Class1", "class2")  # the release's classes are class0
 @pytest.fixture(scope="module")
 def rel(tmp_path_factory):
     base = tmp_path_factory.mktemp("external")
-    root = tiny_dataset(base / "cells")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HEMATUNE_CACHE", str(base / "cache"))
-        run_search(SearchConfig(data=str(root), model="cnn", study=STUDY, studies_dir=base / "studies", trials=1,
-                                max_epochs=2, fixed={"image_size": 32, "blocks": 2}, pruner="none"))
-        done = release.promote(load(STUDY, studies_dir=base / "studies"), releases_dir=base / "releases",
-                               reports_dir=base / "reports")
+    root, (done,) = tiny_releases(base, STUDY, trials=1, max_epochs=2)
     return SimpleNamespace(path=done.path, root=root)
 
 

@@ -84,7 +84,8 @@ def test_budget_keeps_the_leaders_folds_and_refit():
     study = optuna.create_study(direction="maximize")
     for value in (0.9, 0.8):  # the search: each trial took 100 s to its chosen epoch (epoch 2)
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"epoch_end_seconds": [60.0, 100.0]}))
-    a, b = (Finalist(t, rank, "cnn", {}, 16, 2, 2, 0) for rank, t in enumerate(study.trials))
+    a, b = (Finalist(t, rank, "cnn", {}, 16, 2, 2, 0, pool_scale=1.25) for rank, t in enumerate(study.trials))
+    assert a.pool_cost() == 125.0 and a.fold_cost(5) == 100.0  # a fold of 5 trains on 4/5 of the pool
     finalists, folds = [a, b], 5
     assert budget_stop(b, finalists, folds, None) is None
     # the leader (a: best search value while no fold is done) needs 5 folds + a refit of 5/4 fold = 625 s
@@ -101,11 +102,13 @@ def test_auto_folds_keep_the_leaders_folds_and_refit_inside_the_timeout():
     from search.select import auto_folds, leader_cost
 
     assert leader_cost(100.0, 5) == 625.0  # 5 folds + a refit on 5/4 of a fold
+    # 100 s for the chosen epochs on the whole pool: K folds of (K-1)/K of it and the refit on all cost K × 100 s
     assert auto_folds(100.0, None) == 5  # no budget: the default 5
-    assert auto_folds(100.0, 625.0) == 5
-    assert auto_folds(100.0, 624.0) == 4  # 4 folds + 4/3 of a fold = 533 s fit
-    assert auto_folds(100.0, 450.0) == 3  # 3 + 1.5 = 450 s
-    assert auto_folds(100.0, 10.0) == 3  # never fewer than 3: the select then warns it runs over
+    assert auto_folds(100.0, 500.0) == 5
+    assert auto_folds(100.0, 499.0) == 4
+    assert auto_folds(100.0, 300.0) == 3
+    assert auto_folds(100.0, 299.0) == 2
+    assert auto_folds(100.0, 10.0) == 2  # never fewer than 2: the select then warns it runs over
     assert auto_folds(0.0, 10.0) == 5  # nothing measured to estimate from
 
 
@@ -237,6 +240,24 @@ def test_select_errors_are_one_line(searched, capsys, monkeypatch):
     assert main([*base, "--study", "tiny", "--folds", "9"]) == 2  # 6 source groups per class in TRAIN
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "FOLDS=9" in err[0] and "fewer" in err[0]
+
+
+def test_a_second_select_of_the_same_study_is_refused_while_one_runs(searched, capsys, monkeypatch):
+    import fcntl
+
+    from search.cli import main
+    from search.layout import select_dir
+
+    monkeypatch.setenv("HEMATUNE_CACHE", str(searched["cache"]))
+    folder = select_dir(searched["studies"], "tiny")
+    folder.mkdir(parents=True, exist_ok=True)
+    before = sorted(p.name for p in folder.iterdir())
+    with open(folder / "select.lock", "a") as running:  # what a running select holds
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["select", "--studies-dir", str(searched["studies"]), "--study", "tiny", "--folds", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another select of this study is running" in err[0]
+    assert sorted(p.name for p in folder.iterdir()) == sorted({*before, "select.lock"})  # nothing written
 
 
 def test_timeout_keeps_the_leader_and_stops_the_other_finalist(searched, tmp_path, monkeypatch, capsys):

@@ -30,9 +30,7 @@ from PIL import Image
 from bench.serving import multipart  # the load test builds its bodies the same way
 from reports import release
 from reports.predict import predict
-from reports.study import load
-from search.runner import SearchConfig, run_search
-from tests.worker_tools import tiny_dataset
+from tests.worker_tools import tiny_releases
 
 REPO = Path(__file__).resolve().parent.parent
 HEMATUNE = Path(sys.executable).parent / "hematune"
@@ -105,14 +103,7 @@ def b64(data: bytes) -> str:
 def releases(tmp_path_factory):
     """releases/tiny/v1 (trial 0, champion) and v2 (trial 1) from a real two-trial CNN study."""
     base = tmp_path_factory.mktemp("serve")
-    root = tiny_dataset(base / "cells")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HEMATUNE_CACHE", str(base / "cache"))
-        run_search(SearchConfig(data=str(root), model="cnn", study=NAME, studies_dir=base / "studies", trials=2,
-                                max_epochs=1, fixed={"image_size": 32, "blocks": 2}, pruner="none"))
-        view = load(NAME, studies_dir=base / "studies")
-        for trial in (0, 1):
-            release.promote(view, trial, releases_dir=base / "releases", reports_dir=base / "reports")
+    root, _ = tiny_releases(base, NAME, trials=2, max_epochs=1, promote=(0, 1))
     images = sorted((root / "TEST").rglob("*.png"))
     return SimpleNamespace(base=base / "releases" / NAME, images=images, root=root)
 
@@ -171,6 +162,7 @@ def test_model_answers_labels_size_metrics_and_card(server):
     assert model["test_accuracy"] == metrics["test"]["accuracy"]
     assert model["test_accuracy_ci95"] == metrics["test"]["accuracy_ci95"]
     assert model["card"]["library_name"] == "keras" and model["metrics"]["trial"] == 0
+    assert model["stage"] == "trial" and model["stage_title"] == "best trial as searched"  # not a select stage
     assert "not a diagnostic device" in model["limitations"] and model["intended_use"].startswith("Research")
     assert model["limits"] == {"max_file_mb": 20.0, "max_files": 64, "max_request_mb": 100.0}
 

@@ -29,10 +29,9 @@ from reports.report_markdown import stages_section
 from reports.study import family_params, load, sha256_file
 from search.cli import main
 from search.layout import select_dir
-from search.runner import SearchConfig, run_search
 from search.stages import STAGES, Stage, stages_path, write_stages
 from tests.audit import OpenedPaths
-from tests.worker_tools import tiny_dataset
+from tests.worker_tools import tiny_study
 
 STUDY = "tiny-select"
 REPO = Path(__file__).resolve().parent.parent
@@ -89,13 +88,11 @@ def _write_selection(studies: Path) -> dict[str, Stage]:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny-select")
-    root = tiny_dataset(base / "cells")
+    root, _ = tiny_study(base, STUDY, trials=2, max_epochs=1)
     patch = pytest.MonkeyPatch()
     patch.setenv("HEMATUNE_CACHE", str(base / "cache"))
     studies, reports = base / "studies", base / "reports"
     try:
-        run_search(SearchConfig(data=str(root), model="cnn", study=STUDY, studies_dir=studies, trials=2,
-                                max_epochs=1, fixed={"image_size": 32, "blocks": 2}, pruner="none"))
         stages = _write_selection(studies)
         report = build_report(ReportOptions(study=STUDY, studies_dir=studies, out_dir=reports, latency_reps=2))
     finally:
@@ -232,6 +229,8 @@ def test_an_ensemble_tta_release_predicts_and_serves(tiny, tmp_path):
     assert [r.error for r in rows] == [None] * 3 and all(r.label in ("class0", "class1", "class2") for r in rows)
     loaded = load_release(done.path)  # what `hematune serve` loads
     assert loaded.metrics["stage"] == "ensemble-tta" and loaded.image_size == 16
+    described = loaded.describe()  # what GET /model answers and the upload page shows
+    assert described["stage"] == "ensemble-tta" and "test-time augmentation" in described["stage_title"]
     probs = np.asarray(loaded.model(np.zeros((1, 16, 16, 3), "float32"), training=False))
     assert probs.shape == (1, 3) and probs.sum() == pytest.approx(1.0, abs=1e-5)
 

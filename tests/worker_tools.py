@@ -31,16 +31,59 @@ def tiny_dataset(root: Path, classes: int = 3, groups: int = 4, per_group: int =
     return root
 
 
+def tiny_study(base: Path, study: str, trials: int, max_epochs: int):
+    """A real CNN study of ``trials`` tiny trials on ``tiny_dataset(base / "cells")`` (decode cache in
+    ``base / "cache"``), for tests that need a study to report or release: (data root, its StudyView)."""
+    from reports.study import load
+    from search.runner import SearchConfig, run_search
+
+    root = tiny_dataset(base / "cells")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEMATUNE_CACHE", str(base / "cache"))
+        run_search(SearchConfig(data=str(root), model="cnn", study=study, studies_dir=base / "studies",
+                                trials=trials, max_epochs=max_epochs, fixed={"image_size": 32, "blocks": 2},
+                                pruner="none"))
+    return root, load(study, studies_dir=base / "studies")
+
+
+def tiny_releases(base: Path, study: str, trials: int, max_epochs: int, promote=(None,)):
+    """``tiny_study`` and a release of each trial in ``promote`` (None: the best) in ``base / "releases"``, as
+    `make promote` makes them: (data root, the Promoted of each)."""
+    from reports import release
+
+    root, view = tiny_study(base, study, trials, max_epochs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEMATUNE_CACHE", str(base / "cache"))
+        done = [release.promote(view, trial, releases_dir=base / "releases", reports_dir=base / "reports")
+                for trial in promote]
+    return root, done
+
+
 def worker_env(cache: Path, **extra: str) -> dict:
     return {**os.environ, "HEMATUNE_CACHE": str(cache), "HEMATUNE_HEARTBEAT_S": str(HEARTBEAT_S),
             "HEMATUNE_GRACE_S": str(GRACE_S), "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", **extra}
+
+
+STARTED: list[subprocess.Popen] = []  # every process `start` made; conftest kills the ones a test left running
 
 
 def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     """``hematune <args>`` as its own process, stdout and stderr to ``log`` (stderr also kept apart)."""
     out = open(log, "w")
     err = open(log.with_suffix(".err"), "w")
-    return subprocess.Popen([sys.executable, "-m", "search", *args], cwd=REPO, env=env, stdout=out, stderr=err)
+    proc = subprocess.Popen([sys.executable, "-m", "search", *args], cwd=REPO, env=env, stdout=out, stderr=err)
+    STARTED.append(proc)
+    return proc
+
+
+def kill_leftovers() -> None:
+    """Kill what a failed test left running (its workers die with it: they are started with a parent-death
+    signal), so one failure does not leave processes that load the machine for every later test."""
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def run(args: list[str], env: dict, log: Path, timeout: float = 300) -> tuple[int, str, str]:

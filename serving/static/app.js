@@ -82,7 +82,8 @@ async function loadModel() {
   $("model-loading").hidden = true;
   $("model-facts").hidden = false;
   $("m-name").textContent = body.name;
-  $("m-version").textContent = body.version + (body.family ? " · " + body.family : "");
+  $("m-version").textContent = body.version + (body.family ? " · " + body.family : "")
+    + (body.stage_title ? " · " + body.stage_title : "");
   const ci = body.test_accuracy_ci95;
   $("m-accuracy").textContent = typeof body.test_accuracy === "number"
     ? percent(body.test_accuracy) + (ci ? " [" + percent(ci[0]) + ", " + percent(ci[1]) + "] 95 % CI" : "")
