@@ -48,7 +48,7 @@ help:
 	@echo "make search … WORKERS=4                     the same with 4 local worker processes on one study"
 	@echo "make worker STUDY=… [STORAGE=postgresql://…] [WORKERS=N]  join an existing study (another terminal or machine)"
 	@echo "make dashboard [STUDY=…] [STORAGE=…] [PORT=8080]  browse studies in optuna-dashboard on 127.0.0.1"
-	@echo "make select STUDY=… [TOP=3] [FOLDS=] [TIMEOUT=1500]  cross-validate the top trials on group folds of TRAIN (FOLDS empty: 5, or 3–4 to fit TIMEOUT), refit + ensemble the winner → studies/<study>/select/ (no TEST; resumable)"
+	@echo "make select STUDY=… [TOP=3] [FOLDS=] [TIMEOUT=1500]  cross-validate the top trials on group folds of TRAIN (FOLDS empty: 5, or down to 2 to fit TIMEOUT), refit + ensemble the winner → studies/<study>/select/ (no TEST; resumable)"
 	@echo "make report STUDY=… [STAGE=]              Markdown comparison report → reports/out/<study>.md (reads TEST); with make select's stages, STAGE= names the one whose val→TEST gap it states"
 	@echo "make export STUDY=… [TRIAL=best|N]         best model → exports/<study>/model.keras + labels, preprocessing"
 	@echo "make promote STUDY=… [TRIAL=|STAGE=] [NAME=] [CHAMPION=1]  versioned release → releases/<name>/v<N>/ (STAGE=trial|cv|refit|ensemble|ensemble-tta: a make select stage)"

@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_options(select, study_help="the searched study (required)", required=True)
     select.add_argument("--top", type=positive(int), default=3, help="finalists: the study's best trials (default 3)")
     select.add_argument("--folds", type=positive(int), default=None,
-                        help="group folds K (default: 5, or down to 3 when the top trial's 5 folds and refit would "
+                        help="group folds K (default: 5, or down to 2 when the top trial's 5 folds and refit would "
                              "not fit in --timeout; a resumed select keeps its folds)")
     select.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
     select.add_argument("--timeout", type=positive(float), help="seconds of training for the whole select; a "

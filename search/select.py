@@ -21,7 +21,7 @@ fold (``trial.report(fold_score, step=fold)``), pruned when a Wilcoxon
 signed-rank test over the common folds says it is clearly worse than another
 finalist (`FoldWilcoxonPruner`), or when the TIMEOUT budget must be kept for
 the leader. Folds run round-robin (fold 0 of every finalist, then fold 1…)
-so both can act early. K left unset is 5, or as few as 3 when the top
+so both can act early. K left unset is 5, or as few as 2 when the top
 trial's 5 folds and refit would not fit the TIMEOUT by its search epoch times
 (``auto_folds``). Folds and refit train on the trial's own learning-rate
 schedule (search/objective.fit_phases) and stop at its chosen epoch.
