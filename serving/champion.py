@@ -54,6 +54,8 @@ class LoadedRelease:
 
     def describe(self) -> dict:
         """What ``GET /model`` answers and the page's model panel shows."""
+        from reports.release import STAGE_TITLES  # loaded already: this release was verified with it
+
         test = self.metrics.get("test") or {}
         selection = self.metrics.get("selection") or {}  # a `make promote STAGE=` release names its stage
         return {
@@ -66,7 +68,7 @@ class LoadedRelease:
             "study": self.metrics.get("study"),
             "trial": self.metrics.get("trial"),
             "stage": selection.get("stage", "trial"),
-            "stage_title": selection.get("title", "best trial as searched"),
+            "stage_title": selection.get("title", STAGE_TITLES["trial"]),
             "test_accuracy": test.get("accuracy"),
             "test_accuracy_ci95": test.get("accuracy_ci95"),
             "test_images": test.get("images"),
