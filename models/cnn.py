@@ -3,6 +3,14 @@
 Searched: number of blocks, base width, kernel size, batch-norm, dropout and
 dense head size. Each block is two convolutions and a 2×2 max-pool; width
 doubles per block (capped at 256), the usual VGG-style progression.
+
+Batch-norm keeps its moving statistics with momentum 0.9, not Keras' 0.99: a
+trial takes only ~125 steps an epoch at a high learning rate, and at 0.99 the
+statistics validation uses lag the weights by about 100 steps. Measured on
+the default study's trial 2 (64 px, seeded, 2-core CPU; identical training
+either way): group-val after epochs 1–4 was 0.21, 0.27, 0.33, 0.46 at 0.99
+and 0.46, 0.45, 0.65, 0.86 at 0.9, while training accuracy rose 0.58 → 0.88.
+At 0.99 the score the pruner and TPE see early is mostly that lag.
 """
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ import keras
 from models.common import BuiltModel, ModelConfigError, assemble
 
 MAX_WIDTH = 256
+BN_MOMENTUM = 0.9  # see the module docstring
 
 
 def build(params: dict, *, num_classes: int, image_size: int, weights: str = "none", seed: int = 0) -> BuiltModel:
@@ -30,7 +39,7 @@ def build(params: dict, *, num_classes: int, image_size: int, weights: str = "no
                 x = keras.layers.Conv2D(width, kernel_size, padding="same", use_bias=not batch_norm,
                                         name=f"block{block + 1}_conv{conv + 1}")(x)
                 if batch_norm:
-                    x = keras.layers.BatchNormalization(name=f"block{block + 1}_bn{conv + 1}")(x)
+                    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block + 1}_bn{conv + 1}")(x)
                 x = keras.layers.Activation("relu", name=f"block{block + 1}_relu{conv + 1}")(x)
             x = keras.layers.MaxPooling2D(2, name=f"block{block + 1}_pool")(x)
         return x
