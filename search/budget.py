@@ -25,6 +25,14 @@ from search.keys import EPOCH_END_SECONDS, EPOCHS_TRAINED
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+def seconds_per_epoch(ends: list[float]) -> float:
+    """A trial's pace from its epoch end times (seconds from its start): the mean epoch after the first, which
+    also holds decoding, building and compiling and so counts only while it is the only one."""
+    if len(ends) < 2:
+        return float(ends[0]) if ends else 0.0
+    return (ends[-1] - ends[0]) / (len(ends) - 1)
+
+
 def seconds_to_epoch(trial: FrozenTrial, epochs: int) -> float | None:
     """How long ``trial`` took (or would have taken) to finish ``epochs`` epochs; None without a record."""
     ends = trial.user_attrs.get(EPOCH_END_SECONDS)
@@ -35,8 +43,7 @@ def seconds_to_epoch(trial: FrozenTrial, epochs: int) -> float | None:
         return trial.duration.total_seconds() * epochs / trained
     if len(ends) >= epochs:
         return float(ends[epochs - 1])
-    per_epoch = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else ends[0]
-    return float(ends[-1] + per_epoch * (epochs - len(ends)))
+    return float(ends[-1] + seconds_per_epoch(ends) * (epochs - len(ends)))
 
 
 def estimate_seconds_to_rung(trials: list[FrozenTrial], rung: int) -> tuple[float, int] | None:

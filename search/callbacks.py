@@ -4,9 +4,11 @@
   stops at once when the pruner says so, and keeps the best epoch's weights
   (small augmented sets swing a lot between epochs, so the trial is scored and
   saved at its best epoch, not its last). Also stops on a NaN loss, a model
-  that is not learning at all (`search.pruning.not_learning`) and at the
-  study's wall-clock deadline (the objective records a trial cut there as
-  pruned by the budget, search/budget.py).
+  that is not learning at all (`search.pruning.not_learning`) and before an
+  epoch that would end after the study's wall-clock deadline at the trial's
+  own pace, so TIMEOUT is kept rather than overrun by up to an epoch (the
+  objective records a trial cut there as pruned by the budget,
+  search/budget.py).
 * `BatchProgress` — a live progress bar on a terminal; silent otherwise.
 * `InterruptCheck` — re-raises a Ctrl-C whose exception Python swallowed
   (`search.interrupts`), at the next batch.
@@ -20,6 +22,7 @@ import keras
 import optuna
 
 from search import interrupts
+from search.budget import seconds_per_epoch
 from search.pruning import not_learning
 
 METRIC = "val_accuracy"  # what Keras 3 logs for metrics=["accuracy"] on validation data
@@ -65,7 +68,7 @@ class EpochReporter(keras.callbacks.Callback):
                 self.stop_reason = "not_learning"
             elif self.trial.should_prune():
                 self.stop_reason = "pruned"
-            elif self.deadline is not None and time.time() >= self.deadline:
+            elif self.deadline is not None and time.time() + seconds_per_epoch([h["seconds"] for h in self.history]) > self.deadline:
                 self.stop_reason = "deadline"
         if self.on_epoch is not None:
             self.on_epoch(epoch, logs, self)

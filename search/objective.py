@@ -53,7 +53,7 @@ class SearchContext:
     max_epochs: int | None = None  # MAX_EPOCHS= overrides the space's max_epochs
     seed: int = 0
     keep_top: int = 3
-    deadline: float | None = None  # time.time() after which trials stop at the end of an epoch
+    deadline: float | None = None  # time.time() by which trials stop: no epoch starts that would end after it
     reporter: object | None = None  # search.progress.TerminalReporter or None
     stop_not_learning: bool = True  # PRUNER=none turns this off too: no trial is stopped early
     precision: str = "float32"  # a resolved Keras dtype policy (search/precision.py), never "auto"

@@ -4,12 +4,14 @@ import io
 import time
 from datetime import datetime, timedelta
 
+import keras
 import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from search.budget import EPOCH_END_SECONDS, BudgetGuard, estimate_seconds_to_rung, seconds_to_epoch
+from search.callbacks import EpochReporter
 from search.pruning import first_rung, make_pruner
 from search.runner import SearchConfig, run_search, spent_seconds
 
@@ -65,6 +67,30 @@ def test_first_rung_is_where_the_pruner_first_prunes(pruner):
             study.tell(trial, 1.0 if number < 5 else 0.0)
     assert earliest == first_rung(pruner, 12) == 3
     assert first_rung("none", 12) == 12 and first_rung(pruner, 1) == 1
+
+
+def _epochs_before_the_deadline(first_epoch_s: float, deadline_in_s: float, epochs: int = 6) -> int:
+    """Epochs a trial runs when its first epoch took ``first_epoch_s`` (later ones take no time) and the
+    study's deadline is ``deadline_in_s`` away when that first epoch ends."""
+    trial = optuna.create_study(direction="maximize").ask()
+    reporter = EpochReporter(trial, deadline=time.time() + deadline_in_s, started=time.monotonic() - first_epoch_s)
+    reporter.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    for epoch in range(epochs):
+        reporter.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+        if reporter.stop_reason:
+            assert reporter.stop_reason == "deadline"
+            return epoch + 1
+    return epochs
+
+
+def test_no_epoch_starts_that_would_end_after_the_deadline_at_the_trials_own_pace():
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # a 100 s first epoch and 60 s left: a second one would overrun the budget, so the trial stops now
+    assert _epochs_before_the_deadline(100.0, 60.0) == 1
+    # 150 s left: the second epoch fits by the first's time; after it, the pace is the later epochs' (~0 s)
+    assert _epochs_before_the_deadline(100.0, 150.0) == 6
+    # past the deadline already: stop whatever the pace
+    assert _epochs_before_the_deadline(0.0, -1.0) == 1
 
 
 @pytest.mark.integration
