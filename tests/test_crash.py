@@ -29,6 +29,9 @@ from search import artifacts
 from tests.worker_tools import GRACE_S, load, run, start, tiny_dataset, wait_for, worker_env
 
 MAX_EPOCHS, TRIALS, KEEP_TOP = 8, 5, 2
+# a trial the tests signal must have 3 or more epochs to go: one seen at its last epoch can finish before the
+# signal lands (a CI run saw a trial a Ctrl-C was sent to complete), and these tiny epochs take well under a second
+MID_TRIAL_EPOCHS = range(1, MAX_EPOCHS - 2)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -58,9 +61,9 @@ def test_sigint_and_sigkill_mid_trial_lose_nothing(crash_study, tmp_path):
     finished = lambda: [n for n, t in trials().items() if t.state in FINISHED]  # noqa: E731 (pruned: not learning)
 
     def mid_trial() -> list[int]:
-        """Running trials with at least one epoch reported and more to go."""
+        """Running trials with at least one epoch reported and 3 or more to go."""
         return [n for n, t in trials().items()
-                if t.state == TrialState.RUNNING and 1 <= len(t.intermediate_values) < MAX_EPOCHS]
+                if t.state == TrialState.RUNNING and len(t.intermediate_values) in MID_TRIAL_EPOCHS]
 
     # 1. Ctrl-C half-way through worker A's second trial
     a = start(worker, env, tmp_path / "a.log")
@@ -144,7 +147,7 @@ def test_ctrl_c_to_local_workers_records_every_running_trial(tmp_path):
 
     def mid_trial() -> list[int]:
         return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                if 1 <= len(t.intermediate_values) < MAX_EPOCHS]
+                if len(t.intermediate_values) in MID_TRIAL_EPOCHS]
 
     wait_for(lambda: len(mid_trial()) == 2, "both workers half-way through a trial", procs=[supervisor])
     running = mid_trial()
