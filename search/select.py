@@ -59,6 +59,7 @@ from data_pipeline.files import replacing, write_atomic
 from data_pipeline.ingest import ImageSet, fingerprint_change
 from data_pipeline.split import group_kfold, resolve_groups
 from search import keys
+from search.budget import seconds_to_epoch
 from search.data import SearchData, prepare
 from search.errors import SearchConfigError
 from search.layout import model_path, select_dir
@@ -261,11 +262,8 @@ class Finalist:
     def pool_cost(self) -> float:
         """Seconds its chosen epochs would take on the whole TRAIN pool, from its search trial's time to that
         epoch scaled by images (``pool_scale``): a fold of K trains on (K-1)/K of it, the refit on all."""
-        ends = self.trial.user_attrs.get(keys.EPOCH_END_SECONDS) or []
-        if len(ends) >= self.epochs:
-            searched = float(ends[self.epochs - 1])
-        else:
-            searched = float(ends[-1]) / len(ends) * self.epochs if ends else 0.0
+        # a trial from before epoch end times were recorded (2026-11-23) has no estimate: counted as 0 s, as before
+        searched = seconds_to_epoch(self.trial, self.epochs) if self.trial.user_attrs.get(keys.EPOCH_END_SECONDS) else 0.0
         return searched * self.pool_scale
 
     def fold_cost(self, folds: int) -> float:
